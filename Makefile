@@ -1,0 +1,31 @@
+# `make demo` and `make test` set everything up on a fresh machine (virtual environment, pip packages).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch 2.14.1 + torchaudio 2.11.0 is the pair known to load together on our build machines
+# (see ../shared/FIELD_NOTES.md); override TORCH_SPEC to use another pair.
+TORCH_SPEC ?= torch==2.14.1 torchaudio==2.11.0
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/hf-music-w2v demo --output_dir demo_output
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hf_music_w2v training tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo_output build *.egg-info

@@ -1,0 +1,50 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import hf_music_w2v  # noqa: E402  (registers the Auto classes before any test runs)
+
+# A wav2vec2 small enough to build in milliseconds: 2 conv layers (stride 10), 2 Transformer layers of width 16.
+TINY = dict(
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=24,
+    conv_dim=(8, 8),
+    conv_kernel=(10, 3),
+    conv_stride=(5, 2),
+    num_conv_pos_embeddings=8,
+    num_conv_pos_embedding_groups=2,
+    codevector_dim=8,
+    proj_codevector_dim=8,
+    num_codevectors_per_group=4,
+    num_negatives=5,
+    layerdrop=0.0,
+)
+
+
+def tiny_music_config(**overrides):
+    values = dict(TINY)
+    values.update(overrides)
+    return hf_music_w2v.MusicWav2Vec2Config(**values)
+
+
+@pytest.fixture
+def tiny_config():
+    return tiny_music_config()
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    torch.manual_seed(0)
+    return hf_music_w2v.Wav2Vec2ForMusicClassification(tiny_config).eval()
+
+
+@pytest.fixture
+def waveforms():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(3, 4000, generator=generator)

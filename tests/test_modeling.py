@@ -1,0 +1,127 @@
+import pytest
+import torch
+from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining, Wav2Vec2Model
+
+from hf_music_w2v import MusicClassifierOutput, Wav2Vec2ForMusicClassification
+
+from .conftest import TINY, tiny_music_config
+
+HEAD_KEYS = {"pitch_head.weight", "pitch_head.bias", "instrument_head.weight", "instrument_head.bias"}
+
+
+def test_output_shapes(tiny_model, waveforms):
+    output = tiny_model(waveforms)
+    assert isinstance(output, MusicClassifierOutput)
+    assert output.loss is None and output.hidden_states is None and output.attentions is None
+    assert output.pitch_logits.shape == (3, 128)
+    assert output.instrument_logits.shape == (3, 11)
+    assert output.pooled_output.shape == (3, TINY["hidden_size"])
+    assert torch.equal(output.logits, output.instrument_logits)
+
+
+def test_hidden_states_and_attentions_on_request(waveforms):
+    model = Wav2Vec2ForMusicClassification(tiny_music_config(attn_implementation="eager")).eval()
+    output = model(waveforms, output_hidden_states=True, output_attentions=True)
+    frames = output.hidden_states[-1].shape[1]
+    assert len(output.hidden_states) == TINY["num_hidden_layers"] + 1
+    assert all(h.shape == (3, frames, TINY["hidden_size"]) for h in output.hidden_states)
+    assert len(output.attentions) == TINY["num_hidden_layers"]
+    assert output.attentions[0].shape == (3, TINY["num_attention_heads"], frames, frames)
+
+
+def test_pooled_output_is_mean_of_last_layer(tiny_model, waveforms):
+    output = tiny_model(waveforms)
+    last = tiny_model.wav2vec2(waveforms).last_hidden_state
+    torch.testing.assert_close(output.pooled_output, last.mean(dim=1))
+
+
+def test_loss_is_weighted_sum_of_both_heads(waveforms):
+    model = Wav2Vec2ForMusicClassification(tiny_music_config(pitch_loss_weight=0.3, instrument_loss_weight=2.0))
+    model.eval()
+    pitch, family = torch.tensor([60, 61, 62]), torch.tensor([0, 4, 10])
+    output = model(waveforms, pitch_labels=pitch, instrument_labels=family)
+    ce = torch.nn.functional.cross_entropy
+    expected = 0.3 * ce(output.pitch_logits, pitch) + 2.0 * ce(output.instrument_logits, family)
+    torch.testing.assert_close(output.loss, expected)
+
+
+def test_loss_with_one_label_kind_missing(tiny_model, waveforms):
+    family = torch.tensor([0, 4, 10])
+    only_family = tiny_model(waveforms, instrument_labels=family)
+    expected = torch.nn.functional.cross_entropy(only_family.instrument_logits, family)
+    torch.testing.assert_close(only_family.loss, expected)
+    all_ignored = tiny_model(waveforms, pitch_labels=torch.full((3,), -100), instrument_labels=family)
+    torch.testing.assert_close(all_ignored.loss, expected)
+    assert torch.isfinite(all_ignored.loss)
+
+
+def test_ignored_labels_are_left_out_of_the_mean(tiny_model, waveforms):
+    output = tiny_model(waveforms, pitch_labels=torch.tensor([60, -100, 62]))
+    expected = torch.nn.functional.cross_entropy(output.pitch_logits[[0, 2]], torch.tensor([60, 62]))
+    torch.testing.assert_close(output.loss, expected)
+
+
+def test_return_dict_false_gives_tuple(tiny_model, waveforms):
+    output = tiny_model(waveforms, instrument_labels=torch.tensor([1, 2, 3]), return_dict=False)
+    assert isinstance(output, tuple)
+    assert output[0].dim() == 0 and output[1].shape == (3, 11)
+
+
+def test_gradients_reach_both_heads_and_backbone(tiny_model, waveforms):
+    tiny_model.train()
+    tiny_model(waveforms, pitch_labels=torch.tensor([60, 61, 62]), instrument_labels=torch.tensor([0, 1, 2])).loss.backward()
+    for name in ("pitch_head.weight", "instrument_head.weight", "wav2vec2.encoder.layers.0.attention.q_proj.weight"):
+        grad = tiny_model.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_frozen_feature_encoder_gets_no_gradient(tiny_model, waveforms):
+    tiny_model.train()
+    tiny_model.freeze_feature_encoder()
+    tiny_model(waveforms, instrument_labels=torch.tensor([0, 1, 2])).loss.backward()
+    assert all(p.grad is None for p in tiny_model.wav2vec2.feature_extractor.parameters())
+    assert tiny_model.wav2vec2.feature_projection.projection.weight.grad is not None
+
+
+def test_frozen_base_model_trains_only_heads(tiny_model, waveforms):
+    tiny_model.freeze_base_model()
+    trainable = {name for name, p in tiny_model.named_parameters() if p.requires_grad}
+    assert trainable == HEAD_KEYS
+
+
+def test_batched_matches_single_with_padding_and_mask():
+    torch.manual_seed(0)
+    model = Wav2Vec2ForMusicClassification(
+        tiny_music_config(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+    ).eval()
+    lengths = [4000, 2500, 1700]
+    clips = [torch.randn(n, generator=torch.Generator().manual_seed(n)) for n in lengths]
+    batch = torch.zeros(3, max(lengths))
+    mask = torch.zeros(3, max(lengths), dtype=torch.long)
+    for row, clip in enumerate(clips):
+        batch[row, : len(clip)] = clip
+        mask[row, : len(clip)] = 1
+    batched = model(batch, attention_mask=mask)
+    for row, clip in enumerate(clips):
+        single = model(clip[None])
+        torch.testing.assert_close(batched.pitch_logits[row], single.pitch_logits[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batched.pooled_output[row], single.pooled_output[0], atol=1e-5, rtol=1e-4)
+
+
+def test_rejects_wrong_input_rank(tiny_model):
+    with pytest.raises(ValueError, match=r"\[batch, sample\]"):
+        tiny_model(torch.randn(2, 1, 4000))
+
+
+@pytest.mark.parametrize("source_class", [Wav2Vec2ForPreTraining, Wav2Vec2Model])
+def test_backbone_checkpoint_loads_with_only_heads_new(tmp_path, source_class):
+    torch.manual_seed(0)
+    source = source_class(Wav2Vec2Config(**TINY, mask_time_prob=0.65))
+    source.save_pretrained(tmp_path)
+    model, info = Wav2Vec2ForMusicClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert set(info["missing_keys"]) == HEAD_KEYS
+    assert not info["mismatched_keys"]
+    backbone = source.wav2vec2 if source_class is Wav2Vec2ForPreTraining else source
+    for name, tensor in backbone.state_dict().items():
+        torch.testing.assert_close(model.wav2vec2.state_dict()[name], tensor, msg=name)
+    assert model.config.mask_time_prob == 0.05
