@@ -1,0 +1,20 @@
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def test_readme_has_python_snippets():
+    assert len(PYTHON_BLOCKS) >= 3
+
+
+def test_readme_python_snippets_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme"}
+    for index, block in enumerate(PYTHON_BLOCKS):
+        # The compiled file name puts the failing block's index into any traceback.
+        exec(compile(block, f"README.md python block {index}", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert "torch.Size([1, 128]) torch.Size([1, 11])" in printed
+    assert "A4 bass" in printed
