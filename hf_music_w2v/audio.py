@@ -32,3 +32,14 @@ def harmonic_note(
     wave *= envelope
     peak = np.abs(wave).max()
     return (wave / peak * 0.8 if peak > 0 else wave).astype(np.float32)
+
+
+def resample(audio: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Band-limited resampling of a `[sample]` float array (torchaudio's windowed-sinc filter)."""
+    if orig_rate == new_rate:
+        return audio.astype(np.float32, copy=False)
+    import torch
+    import torchaudio.functional
+
+    resampled = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), orig_rate, new_rate)
+    return resampled.numpy()

@@ -1,0 +1,282 @@
+"""MusicNet as fixed-length 16 kHz windows: a `datasets.Dataset`, or an `IterableDataset` when streaming."""
+
+import csv
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, IterableDataset, load_from_disk
+from tqdm.auto import tqdm
+
+from ..audio import resample
+from .cache import cache_key, publish_array, publish_dataset, resolve_cache_dir
+from .validation import DataError, SkipLog, check_on_error, read_audio
+
+MUSICNET_SAMPLING_RATE = 44_100
+METADATA_COLUMNS = (
+    "id", "composer", "composition", "movement", "ensemble", "source", "transcriber", "catalog_name", "seconds",
+)
+LABEL_COLUMNS = ("start_time", "end_time", "instrument", "note", "start_beat", "end_beat", "note_value")
+REMAINDER_POLICIES = ("end_aligned", "pad", "drop")
+# A recording may differ from its metadata `seconds` by rounding; more than this means a cut-off file.
+DURATION_TOLERANCE_SECONDS = 1.0
+
+
+def find_root(path: str | os.PathLike) -> Path:
+    """The folder holding train_data/ etc.; also finds the common mirror's extra `musicnet/` nesting."""
+    path = Path(path)
+    for candidate in (path, path / "musicnet", path / "musicnet" / "musicnet"):
+        if (candidate / "musicnet_metadata.csv").is_file() or (candidate / "train_data").is_dir():
+            return candidate
+    raise DataError(path, "not a MusicNet folder: expected train_data/, train_labels/, test_data/, test_labels/ "
+                          "and musicnet_metadata.csv (directly or under musicnet/)")
+
+
+def read_metadata(path: Path) -> dict[int, dict]:
+    """musicnet_metadata.csv as {id: row}, checking columns and number formats."""
+    if not path.is_file():
+        raise DataError(path, "metadata file not found")
+    with open(path, newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        missing = [name for name in METADATA_COLUMNS if name not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(path, f"expected columns {', '.join(METADATA_COLUMNS)}; missing {', '.join(missing)}")
+        metadata = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                recording = int(row["id"])
+                row["seconds"] = float(row["seconds"])
+            except (TypeError, ValueError) as error:
+                raise DataError(f"{path}:{line}", f"id must be an integer and seconds a number ({error})") from error
+            metadata[recording] = row
+    return metadata
+
+
+def read_labels(path: Path) -> dict[str, np.ndarray]:
+    """One label CSV as arrays: start/end (samples at 44.1 kHz), instrument (GM program, 1-based), note (MIDI)."""
+    if not path.is_file():
+        raise DataError(path, "label file not found")
+    starts, ends, instruments, notes = [], [], [], []
+    with open(path, newline="", encoding="utf-8") as file:
+        reader = csv.reader(file)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != LABEL_COLUMNS:
+            raise DataError(path, f"expected the header {','.join(LABEL_COLUMNS)}, found {header}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                start, end, instrument, note = (int(value) for value in row[:4])
+                float(row[4]), float(row[5])
+            except (ValueError, IndexError) as error:
+                raise DataError(f"{path}:{line}", f"expected integer sample times, program and note, then beats "
+                                                  f"({error})") from error
+            if not start < end or not 0 <= note <= 127 or not 1 <= instrument <= 128:
+                raise DataError(f"{path}:{line}", f"need start < end, note in [0, 127], program in [1, 128]; "
+                                                  f"found {row[:4]}")
+            starts.append(start), ends.append(end), instruments.append(instrument), notes.append(note)
+    return {
+        "start": np.asarray(starts, dtype=np.int64),
+        "end": np.asarray(ends, dtype=np.int64),
+        "instrument": np.asarray(instruments, dtype=np.int64),
+        "note": np.asarray(notes, dtype=np.int64),
+    }
+
+
+def check_window_options(segment: int, hop: int, remainder: str) -> None:
+    if remainder not in REMAINDER_POLICIES:
+        raise ValueError(f"remainder must be one of {REMAINDER_POLICIES}, got {remainder!r}")
+    if segment <= 0 or hop <= 0:
+        raise ValueError(f"segment and hop must be positive, got {segment} and {hop} samples")
+
+
+def window_starts(num_samples: int, segment: int, hop: int, remainder: str = "end_aligned") -> list[int]:
+    """Start samples of the windows cut from a recording of `num_samples` samples.
+
+    Windows start every `hop` samples while a whole `segment` fits. What is left at the end is covered by
+    one more window that ends with the recording ("end_aligned", the default: every sample is seen and no
+    window is padded), by a zero-padded window at the next hop ("pad"), or not at all ("drop"). A recording
+    shorter than one segment gives a single zero-padded window unless the policy is "drop".
+    """
+    check_window_options(segment, hop, remainder)
+    if num_samples <= segment:
+        return [] if num_samples == 0 or (num_samples < segment and remainder == "drop") else [0]
+    starts = list(range(0, num_samples - segment + 1, hop))
+    if starts[-1] + segment < num_samples:
+        if remainder == "end_aligned":
+            starts.append(num_samples - segment)
+        elif remainder == "pad":
+            starts.append(starts[-1] + hop)
+    return starts
+
+
+def window_notes(labels: dict[str, np.ndarray], start: int, segment: int, sampling_rate: int) -> dict:
+    """Notes sounding in a window, with onset/offset in seconds from the window start (clipped to it)."""
+    window_start = start / sampling_rate
+    window_end = (start + segment) / sampling_rate
+    onsets = labels["start"] / MUSICNET_SAMPLING_RATE
+    offsets = labels["end"] / MUSICNET_SAMPLING_RATE
+    inside = (onsets < window_end) & (offsets > window_start)
+    return {
+        "onset": np.clip(onsets[inside] - window_start, 0, None).round(6).tolist(),
+        "offset": np.clip(offsets[inside] - window_start, None, window_end - window_start).round(6).tolist(),
+        "instrument": labels["instrument"][inside].tolist(),
+        "note": labels["note"][inside].tolist(),
+    }
+
+
+def list_recordings(root: Path, split: str) -> list[dict]:
+    if split not in ("train", "test"):
+        raise ValueError(f"MusicNet's splits are 'train' and 'test', got {split!r}")
+    data_dir, label_dir = root / f"{split}_data", root / f"{split}_labels"
+    if not data_dir.is_dir():
+        raise DataError(data_dir, "folder not found")
+    metadata = read_metadata(root / "musicnet_metadata.csv")
+    recordings = []
+    for wav in sorted(data_dir.glob("*.wav"), key=lambda p: p.stem):
+        if not wav.stem.isdigit():
+            raise DataError(wav, "expected a file named <recording id>.wav")
+        recordings.append({
+            "id": int(wav.stem),
+            "wav": wav,
+            "labels": label_dir / f"{wav.stem}.csv",
+            "metadata": metadata.get(int(wav.stem)),
+        })
+    if not recordings:
+        raise DataError(data_dir, "contains no .wav recordings")
+    return recordings
+
+
+def read_recording(recording: dict) -> np.ndarray:
+    """Decode one recording at 44.1 kHz, checking it against its metadata row."""
+    if recording["metadata"] is None:
+        raise DataError(recording["wav"], f"recording {recording['id']} has no row in musicnet_metadata.csv")
+    audio, _ = read_audio(recording["wav"], expected_sampling_rate=MUSICNET_SAMPLING_RATE)
+    expected = recording["metadata"]["seconds"]
+    found = audio.size / MUSICNET_SAMPLING_RATE
+    if abs(found - expected) > DURATION_TOLERANCE_SECONDS:
+        raise DataError(recording["wav"], f"lasts {found:.1f} s but the metadata says {expected:.1f} s (truncated?)")
+    return audio
+
+
+def recording_rows(recording: dict, labels: dict, num_samples: int, segment: int, hop: int, sampling_rate: int,
+                   remainder: str) -> list[dict]:
+    meta = recording["metadata"]
+    return [
+        {
+            "id": recording["id"],
+            "start_seconds": start / sampling_rate,
+            "composer": meta["composer"],
+            "ensemble": meta["ensemble"],
+            "notes": window_notes(labels, start, segment, sampling_rate),
+            "_start": start,
+        }
+        for start in window_starts(num_samples, segment, hop, remainder)
+    ]
+
+
+def cut(audio: np.ndarray, start: int, segment: int) -> np.ndarray:
+    """`audio[start:start+segment]`, zero-padded to `segment` samples."""
+    window = np.asarray(audio[start : start + segment], dtype=np.float32)
+    if window.size < segment:
+        window = np.pad(window, (0, segment - window.size))
+    return window
+
+
+@functools.lru_cache(maxsize=8)
+def open_resampled(path: str) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+def decode_windows(batch: dict) -> dict:
+    """`set_transform` hook: slice each window out of its memory-mapped resampled recording."""
+    decoded = [
+        {"array": cut(open_resampled(item["path"]), item["start"], item["length"]), "sampling_rate": item["sampling_rate"]}
+        for item in batch["audio"]
+    ]
+    return {**batch, "audio": decoded}
+
+
+def load_musicnet(
+    path: str | os.PathLike,
+    split: str = "train",
+    segment_seconds: float = 20.0,
+    hop_seconds: float = 10.0,
+    sampling_rate: int = 16_000,
+    streaming: bool = False,
+    remainder: str = "end_aligned",
+    on_error: str = "raise",
+    cache_dir: str | os.PathLike | None = None,
+) -> Dataset | IterableDataset:
+    """MusicNet recordings cut into windows of `segment_seconds` every `hop_seconds`, resampled to 16 kHz.
+
+    Each row: `audio` ({"array": float32 [segment samples], "sampling_rate"}), `id` (recording), `start_seconds`,
+    `composer`, `ensemble`, and `notes` sounding in the window (`onset`/`offset` in seconds from the window
+    start, `instrument` as a 1-based GM program, `note` as MIDI). See `window_starts` for the `remainder`
+    policy. Decoding and resampling happen once per recording and are cached under `cache_dir` (default
+    `$HF_MUSIC_W2V_CACHE` or ~/.cache/hf_music_w2v); windows are then read from memory-mapped files. With
+    `streaming=True` nothing is cached: recordings are decoded on the fly, one at a time, and the
+    `IterableDataset` has one shard per recording so it splits across processes.
+    """
+    check_on_error(on_error)
+    segment = round(segment_seconds * sampling_rate)
+    hop = round(hop_seconds * sampling_rate)
+    check_window_options(segment, hop, remainder)
+    root = find_root(path)
+    recordings = list_recordings(root, split)
+    options = (segment, hop, sampling_rate, remainder, on_error)
+    if streaming:
+        return IterableDataset.from_generator(
+            stream_windows, gen_kwargs={"recordings": recordings, "options": options}
+        )
+    key = cache_key("musicnet", split, root / "musicnet_metadata.csv", *options,
+                    *(p for r in recordings for p in (r["wav"], r["labels"]) if p.exists()))
+    cache = resolve_cache_dir(cache_dir) / "musicnet"
+    index_dir = cache / f"index-{key}"
+    if not index_dir.exists():
+        publish_dataset(build_index(recordings, options, cache), index_dir)
+    dataset = load_from_disk(str(index_dir))
+    dataset.set_transform(decode_windows)
+    return dataset
+
+
+def build_index(recordings: list[dict], options: tuple, cache: Path) -> Dataset:
+    segment, hop, sampling_rate, remainder, on_error = options
+    skips = SkipLog("MusicNet recordings")
+    rows = []
+    for recording in tqdm(recordings, desc="decoding + resampling MusicNet", unit="recording"):
+        try:
+            labels = read_labels(recording["labels"])
+            resampled_path = cache / "resampled" / f"{cache_key(recording['wav'], sampling_rate)}.npy"
+            if not resampled_path.exists():
+                publish_array(resample(read_recording(recording), MUSICNET_SAMPLING_RATE, sampling_rate), resampled_path)
+        except DataError as error:
+            skips.handle(error, on_error)
+            continue
+        num_samples = open_resampled(str(resampled_path)).shape[0]
+        for row in recording_rows(recording, labels, num_samples, segment, hop, sampling_rate, remainder):
+            start = row.pop("_start")
+            row["audio"] = {"path": str(resampled_path), "start": start, "length": segment,
+                            "sampling_rate": sampling_rate}
+            rows.append(row)
+    skips.report()
+    if not rows:
+        raise DataError(recordings[0]["wav"].parent, "no valid windows")
+    return Dataset.from_list(rows)
+
+
+def stream_windows(recordings: list[dict], options: tuple):
+    """Generator behind `streaming=True`: decode, resample and cut one recording at a time."""
+    segment, hop, sampling_rate, remainder, on_error = options
+    skips = SkipLog("MusicNet recordings")
+    for recording in recordings:
+        try:
+            labels = read_labels(recording["labels"])
+            audio = resample(read_recording(recording), MUSICNET_SAMPLING_RATE, sampling_rate)
+        except DataError as error:
+            skips.handle(error, on_error)
+            continue
+        for row in recording_rows(recording, labels, audio.size, segment, hop, sampling_rate, remainder):
+            start = row.pop("_start")
+            row["audio"] = {"array": cut(audio, start, segment), "sampling_rate": sampling_rate}
+            yield row
+    skips.report()

@@ -1,0 +1,77 @@
+"""Reading audio and label files with errors that name the file and what was expected."""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+class DataError(ValueError):
+    """A dataset file is missing, unreadable or not what the official layout says it should be."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclass
+class SkipLog:
+    """Counts inputs skipped under `on_error="skip"` and reports them once, at the end."""
+
+    what: str
+    skipped: list[DataError] = field(default_factory=list)
+
+    def handle(self, error: DataError, on_error: str) -> None:
+        if on_error == "raise":
+            raise error
+        self.skipped.append(error)
+
+    def report(self) -> None:
+        if not self.skipped:
+            return
+        shown = "\n".join(f"  {error}" for error in self.skipped[:10])
+        more = f"\n  ... and {len(self.skipped) - 10} more" if len(self.skipped) > 10 else ""
+        logger.warning(f"skipped {len(self.skipped)} invalid {self.what}:\n{shown}{more}")
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+
+
+def read_audio(
+    path: str | os.PathLike,
+    expected_sampling_rate: int | None = None,
+    expected_samples: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """Read a mono audio file as float32 `[sample]`, checking it exists, decodes, is mono, finite and non-empty.
+
+    Raises `DataError` naming the file and what was expected.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise DataError(path, "file is empty (0 bytes)")
+    try:
+        audio, sampling_rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise DataError(path, f"not a readable audio file ({error})") from error
+    if audio.shape[1] != 1:
+        raise DataError(path, f"expected mono audio, found {audio.shape[1]} channels")
+    if expected_sampling_rate is not None and sampling_rate != expected_sampling_rate:
+        raise DataError(path, f"expected a sample rate of {expected_sampling_rate} Hz, found {sampling_rate} Hz")
+    audio = audio[:, 0]
+    if audio.size == 0:
+        raise DataError(path, "contains no samples")
+    if expected_samples is not None and audio.size != expected_samples:
+        raise DataError(path, f"expected {expected_samples} samples, found {audio.size} (truncated or wrong length?)")
+    if not np.isfinite(audio).all():
+        raise DataError(path, f"contains {int((~np.isfinite(audio)).sum())} NaN or infinite samples")
+    return audio, sampling_rate
