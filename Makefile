@@ -15,6 +15,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet --no-deps tinysoundfont
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -1,6 +1,7 @@
 """`hf-music-w2v`: the package's command line.
 
     hf-music-w2v demo --output_dir demo_output
+    hf-music-w2v make-mini-datasets data/mini --seed 0
 """
 
 import argparse
@@ -58,6 +59,19 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_make_mini_datasets(args: argparse.Namespace) -> int:
+    from .data.mini import make_mini_musicnet, make_mini_nsynth
+
+    out_dir = Path(args.out_dir)
+    nsynth = make_mini_nsynth(out_dir / "nsynth", seed=args.seed, notes_per_instrument=args.notes_per_instrument,
+                              soundfont=args.soundfont)
+    musicnet = make_mini_musicnet(out_dir / "musicnet", seed=args.seed, seconds=args.musicnet_seconds,
+                                  soundfont=args.soundfont)
+    print(f"mini-NSynth in {out_dir / 'nsynth'}: " + ", ".join(f"{k} {v} notes" for k, v in nsynth.items()))
+    print(f"mini-MusicNet in {out_dir / 'musicnet'}: " + ", ".join(f"{k} {v} recordings" for k, v in musicnet.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-music-w2v", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pitch", type=int, default=60, help="MIDI pitch of the generated note (default 60, C4)")
     demo.add_argument("--seed", type=int, default=0, help="random seed for the model's initial weights")
     demo.set_defaults(handler=run_demo)
+
+    mini = commands.add_parser(
+        "make-mini-datasets",
+        help="render miniature NSynth and MusicNet copies in the official layouts from real instrument samples",
+    )
+    mini.add_argument("out_dir", help="writes OUT_DIR/nsynth/nsynth-{train,valid,test} and OUT_DIR/musicnet")
+    mini.add_argument("--seed", type=int, default=0, help="chooses pitches and velocities (default 0)")
+    mini.add_argument("--notes_per_instrument", type=int, default=8,
+                      help="NSynth notes per instrument, 44 instruments in all (default 8)")
+    mini.add_argument("--musicnet_seconds", type=float, default=30.0,
+                      help="seconds of each of the 8 scores rendered for MusicNet (default 30)")
+    mini.add_argument("--soundfont", default=None, help="a General MIDI .sf2 (default: pretty_midi's TimGM6mb)")
+    mini.set_defaults(handler=run_make_mini_datasets)
     return parser
 
 

@@ -48,3 +48,14 @@ def tiny_model(tiny_config):
 def waveforms():
     generator = torch.Generator().manual_seed(1)
     return torch.randn(3, 4000, generator=generator)
+
+
+@pytest.fixture(scope="session")
+def mini_root(tmp_path_factory):
+    """Miniature NSynth (3 notes per instrument) and MusicNet (24 s per score) rendered once per test session."""
+    from hf_music_w2v.data.mini import make_mini_musicnet, make_mini_nsynth
+
+    root = tmp_path_factory.mktemp("mini")
+    make_mini_nsynth(root / "nsynth", seed=0, notes_per_instrument=3)
+    make_mini_musicnet(root / "musicnet", seed=0, seconds=24.0)
+    return root

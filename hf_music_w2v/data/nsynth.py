@@ -195,6 +195,9 @@ def load_nsynth(
         if not cached.exists():
             publish_dataset(build_index(split_dir, on_error), cached)
         dataset = load_from_disk(str(cached))
+    elif path.is_dir() and not any(path.rglob("*.parquet")):
+        raise DataError(path, f"not an NSynth folder: expected {split_folder_name(split)}/examples.json, "
+                              "examples.json with audio/, or parquet files")
     else:
         dataset = load_hub_copy(str(path_or_hub_id), split)
     if pitch_range is not None:
