@@ -1,10 +1,13 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Loader caches of the tests (and of README snippets run by them) stay out of the user's ~/.cache.
+os.environ.setdefault("HF_MUSIC_W2V_CACHE", tempfile.mkdtemp(prefix="hf_music_w2v_test_cache_"))
 
 import hf_music_w2v  # noqa: E402  (registers the Auto classes before any test runs)
 
