@@ -214,8 +214,8 @@ def make_mini_nsynth(out_dir: str | os.PathLike, seed: int = 0, notes_per_instru
     return {split: len(split_examples) for split, split_examples in examples.items()}
 
 
-def score_notes(piece: Piece, max_seconds: float) -> tuple[list[dict], float]:
-    """Notes of `piece`'s score (ties merged) with times in seconds, cut at `max_seconds`; and the tempo."""
+def score_notes(piece: Piece, max_seconds: float) -> list[dict]:
+    """Notes of `piece`'s score (ties merged) with times in seconds at its first tempo, cut at `max_seconds`."""
     try:
         from music21 import corpus, tempo
     except ImportError as error:
@@ -240,7 +240,7 @@ def score_notes(piece: Piece, max_seconds: float) -> tuple[list[dict], float]:
                     "onset": onset, "offset": offset, "start_beat": float(element.offset),
                     "end_beat": float(element.quarterLength), "note_value": element.duration.fullName,
                 })
-    return sorted(notes, key=lambda n: (n["onset"], n["part"], n["note"])), bpm
+    return sorted(notes, key=lambda n: (n["onset"], n["part"], n["note"]))
 
 
 def make_mini_musicnet(out_dir: str | os.PathLike, seed: int = 0, seconds: float = 30.0,
@@ -256,7 +256,7 @@ def make_mini_musicnet(out_dir: str | os.PathLike, seed: int = 0, seconds: float
     renderer = Renderer(soundfont, MUSICNET_SAMPLING_RATE)
     metadata_rows, counts = [], {"train": 0, "test": 0}
     for piece in tqdm(pieces, desc="mini-MusicNet", unit="recording"):
-        notes, _ = score_notes(piece, seconds)
+        notes = score_notes(piece, seconds)
         if not notes:
             raise RuntimeError(f"{piece.corpus_name} has no notes in its first {seconds} s")
         events = []

@@ -57,7 +57,7 @@ def read_labels(path: Path) -> dict[str, np.ndarray]:
     """One label CSV as arrays: start/end (samples at 44.1 kHz), instrument (GM program, 1-based), note (MIDI)."""
     if not path.is_file():
         raise DataError(path, "label file not found")
-    starts, ends, instruments, notes = [], [], [], []
+    rows = []
     with open(path, newline="", encoding="utf-8") as file:
         reader = csv.reader(file)
         header = next(reader, None)
@@ -73,13 +73,9 @@ def read_labels(path: Path) -> dict[str, np.ndarray]:
             if not start < end or not 0 <= note <= 127 or not 1 <= instrument <= 128:
                 raise DataError(f"{path}:{line}", f"need start < end, note in [0, 127], program in [1, 128]; "
                                                   f"found {row[:4]}")
-            starts.append(start), ends.append(end), instruments.append(instrument), notes.append(note)
-    return {
-        "start": np.asarray(starts, dtype=np.int64),
-        "end": np.asarray(ends, dtype=np.int64),
-        "instrument": np.asarray(instruments, dtype=np.int64),
-        "note": np.asarray(notes, dtype=np.int64),
-    }
+            rows.append((start, end, instrument, note))
+    columns = np.asarray(rows, dtype=np.int64).reshape(-1, 4).T
+    return dict(zip(("start", "end", "instrument", "note"), columns))
 
 
 def check_window_options(segment: int, hop: int, remainder: str) -> None:
