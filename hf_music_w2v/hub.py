@@ -3,6 +3,8 @@
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import PreTrainedModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor
@@ -37,6 +39,20 @@ def replace_directory(source: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
+@contextmanager
+def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling of `target`; on success it replaces `target`, on error it is removed."""
+    target = Path(target).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        replace_directory(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
 def save_pretrained_atomic(
     model: PreTrainedModel,
     save_directory: str | os.PathLike,
@@ -47,15 +63,8 @@ def save_pretrained_atomic(
     Everything is written into a temporary sibling folder first and moved into place at the end, so a crash
     leaves either the previous folder or the new one, never a mixture. Returns the folder's path.
     """
-    target = Path(save_directory).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
     feature_extractor = feature_extractor or music_feature_extractor(model.config)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with staged_directory(save_directory) as staging:
         model.save_pretrained(staging)
         feature_extractor.save_pretrained(staging)
-        replace_directory(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return target
+    return Path(save_directory).resolve()

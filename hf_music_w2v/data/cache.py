@@ -2,14 +2,13 @@
 
 import hashlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from datasets import Dataset
 
-from ..hub import replace_directory
+from ..hub import staged_directory
 
 CACHE_FORMAT = 1  # bump when what is cached changes meaning
 
@@ -36,14 +35,8 @@ def cache_key(*parts: object) -> str:
 
 def publish_dataset(dataset: Dataset, target: Path) -> None:
     """`save_to_disk` into a temporary sibling, then move it to `target` in one rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with staged_directory(target) as staging:
         dataset.save_to_disk(str(staging))
-        replace_directory(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
 def publish_array(array: np.ndarray, target: Path) -> None:
