@@ -6,6 +6,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor
 
@@ -68,3 +69,69 @@ def save_pretrained_atomic(
         model.save_pretrained(staging)
         feature_extractor.save_pretrained(staging)
     return Path(save_directory).resolve()
+
+
+def save_pretrained_into(
+    model: PreTrainedModel,
+    save_directory: str | os.PathLike,
+    feature_extractor: Wav2Vec2FeatureExtractor | None = None,
+) -> Path:
+    """Like `save_pretrained_atomic`, but into a folder that holds other things too (logs, checkpoints).
+
+    The files are written to a temporary folder and then renamed into `save_directory` one by one, so each file
+    is either the old version or the complete new one; other files in the folder are left alone.
+    """
+    target = Path(save_directory).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".save_pretrained.tmp-", dir=target))
+    try:
+        model.save_pretrained(staging)
+        (feature_extractor or music_feature_extractor(model.config)).save_pretrained(staging)
+        for file in staging.iterdir():
+            os.replace(file, target / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def write_model_card(folder: str | os.PathLike, template: str | os.PathLike, **fields: Any) -> Path:
+    """Render the Jinja `template` into `folder/README.md` with huggingface_hub's `ModelCard` API.
+
+    `fields` are the template's variables; those that are also `ModelCardData` fields (license, tags, datasets,
+    pipeline_tag, model-index results via `eval_results`, ...) go into the card's YAML header as well.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    template = Path(template)
+    if not template.is_file():
+        raise FileNotFoundError(f"model card template {template} not found (it lives in the repository's model_cards/)")
+    data_fields = {k: fields[k] for k in ("license", "tags", "datasets", "pipeline_tag", "model_name",
+                                          "eval_results", "base_model", "library_name") if k in fields}
+    data_fields.setdefault("license", "apache-2.0")
+    data_fields.setdefault("library_name", "transformers")
+    card = ModelCard.from_template(ModelCardData(**data_fields), template_path=str(template), **fields)
+    path = Path(folder) / "README.md"
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(str(card))
+    os.replace(staging, path)
+    return path
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, token: str | None = None,
+                commit_message: str = "Upload model", ignore_patterns: list[str] | None = None) -> str:
+    """Create `repo_id` if needed and upload `folder` to it, without checkpoints; returns the commit URL.
+
+    The Hub address comes from `HF_ENDPOINT` (default https://huggingface.co), so a mirror or a local test
+    server works the same way.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message=commit_message,
+        ignore_patterns=ignore_patterns or ["checkpoints/*", ".*", "**/.*"],
+    )
+    return str(commit.commit_url if hasattr(commit, "commit_url") else commit)
