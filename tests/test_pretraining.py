@@ -287,10 +287,11 @@ def test_pretraining_pushes_a_loadable_model_to_the_hub(tmp_path, mini_root, tin
 
 
 @pytest.mark.slow
-def test_two_process_streaming_run_with_layerdrop(tmp_path, mini_root):
+def test_accelerate_launch_two_process_streaming_run_with_layerdrop(tmp_path, mini_root):
     config = tmp_path / "layerdrop.json"
     tiny_pretraining_config(layerdrop=0.5).to_json_file(config)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(REPO / "training" / "accelerate_configs" / "cpu_2proc.yaml")]
     result = run_script(["--musicnet_dir", str(mini_root / "musicnet"), "--config_name", str(config), *BASE_ARGS,
                          "--streaming", "--max_train_steps", "4", "--checkpointing_steps", "2", "--logging_steps", "1",
                          "--report_to", "none", "--output_dir", str(tmp_path / "out")],
