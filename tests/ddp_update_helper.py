@@ -41,3 +41,5 @@ if accelerator.is_main_process:
     weights = {k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
     save_file(weights, args.out, metadata={"loss": repr(stats.loss), "masked_frames": str(stats.masked_frames)})
 accelerator.wait_for_everyone()
+# Leaving with the gloo group alive can abort a rank at interpreter exit.
+accelerator.end_training()
