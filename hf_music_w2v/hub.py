@@ -54,6 +54,20 @@ def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(staging)
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through a temporary sibling and one rename."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
+def write_model_files(model: PreTrainedModel, folder: Path, feature_extractor: Wav2Vec2FeatureExtractor | None) -> None:
+    """`save_pretrained` of `model` (safetensors, config, code files if registered) and its feature extractor."""
+    model.save_pretrained(folder)
+    (feature_extractor or music_feature_extractor(model.config)).save_pretrained(folder)
+
+
 def save_pretrained_atomic(
     model: PreTrainedModel,
     save_directory: str | os.PathLike,
@@ -64,10 +78,8 @@ def save_pretrained_atomic(
     Everything is written into a temporary sibling folder first and moved into place at the end, so a crash
     leaves either the previous folder or the new one, never a mixture. Returns the folder's path.
     """
-    feature_extractor = feature_extractor or music_feature_extractor(model.config)
     with staged_directory(save_directory) as staging:
-        model.save_pretrained(staging)
-        feature_extractor.save_pretrained(staging)
+        write_model_files(model, staging, feature_extractor)
     return Path(save_directory).resolve()
 
 
@@ -85,8 +97,7 @@ def save_pretrained_into(
     target.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".save_pretrained.tmp-", dir=target))
     try:
-        model.save_pretrained(staging)
-        (feature_extractor or music_feature_extractor(model.config)).save_pretrained(staging)
+        write_model_files(model, staging, feature_extractor)
         for file in staging.iterdir():
             os.replace(file, target / file.name)
     finally:
@@ -111,9 +122,7 @@ def write_model_card(folder: str | os.PathLike, template: str | os.PathLike, **f
     data_fields.setdefault("library_name", "transformers")
     card = ModelCard.from_template(ModelCardData(**data_fields), template_path=str(template), **fields)
     path = Path(folder) / "README.md"
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(str(card))
-    os.replace(staging, path)
+    write_text_atomic(path, str(card))
     return path
 
 
@@ -134,4 +143,4 @@ def push_folder(folder: str | os.PathLike, repo_id: str, token: str | None = Non
         commit_message=commit_message,
         ignore_patterns=ignore_patterns or ["checkpoints/*", ".*", "**/.*"],
     )
-    return str(commit.commit_url if hasattr(commit, "commit_url") else commit)
+    return commit.commit_url

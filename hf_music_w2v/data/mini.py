@@ -17,6 +17,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from ..configuration_music_wav2vec2 import NSYNTH_INSTRUMENT_FAMILIES
+from ..hub import write_text_atomic
 from .musicnet import LABEL_COLUMNS, METADATA_COLUMNS, MUSICNET_SAMPLING_RATE
 from .nsynth import NSYNTH_QUALITIES, NSYNTH_SAMPLES, NSYNTH_SAMPLING_RATE, NSYNTH_SOURCES
 
@@ -289,9 +290,3 @@ def make_mini_musicnet(out_dir: str | os.PathLike, seed: int = 0, seconds: float
         writer.writerow(METADATA_COLUMNS)
         writer.writerows(metadata_rows)
     return counts
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    staging.write_text(text)
-    os.replace(staging, path)
