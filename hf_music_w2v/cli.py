@@ -2,9 +2,12 @@
 
     hf-music-w2v demo --output_dir demo_output
     hf-music-w2v make-mini-datasets data/mini --seed 0
+    hf-music-w2v predict MODEL note.wav song.flac [--top_k 3] [--json]
+    hf-music-w2v embed MODEL *.wav --layer 6 --output embeddings.npz
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -72,6 +75,92 @@ def run_make_mini_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_for_inference(name: str, device: str):
+    """Model and feature extractor from a folder or Hub id; errors say what MODEL was expected to be."""
+    from .hub import music_feature_extractor
+
+    try:
+        model = AutoModel.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: cannot load a model from {name!r}: {error}") from None
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(name)
+    except (OSError, ValueError):
+        extractor = music_feature_extractor(model.config)
+    return model.to(device), extractor
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .inference import AudioRunner, class_probabilities, top_classes
+
+    model, extractor = load_for_inference(args.model, args.device)
+    if not isinstance(model, Wav2Vec2ForMusicClassification):
+        raise SystemExit(f"error: {args.model} is a {type(model).__name__}; predict needs a fine-tuned "
+                         "music_wav2vec2 classifier (training/finetune.py). For backbones use `embed`.")
+    runner = AudioRunner(model, extractor, class_probabilities, batch_size=args.batch_size,
+                         window_seconds=args.window_seconds, device=args.device)
+    config = model.config
+    results = []
+    for result in runner.run(args.files):
+        results.append(result)
+        if result.error:
+            print(f"error: {result.error}", file=sys.stderr, flush=True)
+            continue
+        pitches = top_classes(result.outputs["pitch"], config.pitch_id2label, args.top_k)
+        families = top_classes(result.outputs["instrument"], config.id2label, args.top_k)
+        if args.json:
+            print(json.dumps({
+                "file": result.path, "seconds": round(result.seconds, 3), "windows": result.windows,
+                "pitch": [{"midi": i, "name": name, "probability": p} for i, name, p in pitches],
+                "instrument_family": [{"name": name, "probability": p} for _, name, p in families],
+            }), flush=True)
+        else:
+            pitch_text = ", ".join(f"{name} (MIDI {i}) {p:.3f}" for i, name, p in pitches)
+            family_text = ", ".join(f"{name} {p:.3f}" for _, name, p in families)
+            print(f"{result.path}: pitch {pitch_text} | instrument family {family_text} "
+                  f"[{result.seconds:.1f} s, {result.windows} window(s)]", flush=True)
+    failed = [result for result in results if result.error]
+    if failed:
+        print(f"{len(failed)} of {len(results)} file(s) could not be processed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from .inference import AudioRunner, layer_embedding, save_embeddings
+
+    model, extractor = load_for_inference(args.model, args.device)
+    num_layers = model.config.num_hidden_layers
+    if not -(num_layers + 1) <= args.layer <= num_layers:
+        raise SystemExit(f"error: --layer must be in [0, {num_layers}] (0: Transformer input, {num_layers}: last "
+                         f"layer) or negative from the end, got {args.layer}")
+    runner = AudioRunner(model, extractor, layer_embedding(args.layer), batch_size=args.batch_size,
+                         window_seconds=args.window_seconds, device=args.device)
+    results = list(runner.run(args.files))
+    done = [result for result in results if not result.error]
+    for result in results:
+        if result.error:
+            print(f"error: {result.error}", file=sys.stderr)
+    if done:
+        import numpy as np
+
+        embeddings = np.stack([result.outputs["embedding"] for result in done])
+        path = save_embeddings(args.output, [result.path for result in done], embeddings, args.layer)
+        print(f"wrote {embeddings.shape[0]} embedding(s) of size {embeddings.shape[1]} (layer {args.layer}) to {path}")
+    failed = len(results) - len(done)
+    if failed:
+        print(f"{failed} of {len(results)} file(s) could not be processed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a folder or Hub id")
+    parser.add_argument("files", nargs="+", help="audio files (any sample rate, channel count or length)")
+    parser.add_argument("--batch_size", type=int, default=16, help="windows per forward pass (default 16)")
+    parser.add_argument("--window_seconds", type=float, default=4.0,
+                        help="longer files are cut into windows of this length and averaged (default 4, as NSynth)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-music-w2v", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds of each of the 8 scores rendered for MusicNet (default 30)")
     mini.add_argument("--soundfont", default=None, help="a General MIDI .sf2 (default: pretty_midi's TimGM6mb)")
     mini.set_defaults(handler=run_make_mini_datasets)
+
+    predict = commands.add_parser("predict", help="pitch and instrument family of audio files with a fine-tuned model")
+    add_inference_arguments(predict)
+    predict.add_argument("--top_k", type=int, default=1, help="classes listed per head (default 1)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per file instead of text")
+    predict.set_defaults(handler=run_predict)
+
+    embed = commands.add_parser("embed", help="mean-pooled embeddings of one layer for audio files, to an .npz")
+    add_inference_arguments(embed)
+    embed.add_argument("--layer", type=int, default=-1,
+                       help="0: Transformer input, N: output of layer N, -1: last layer (default)")
+    embed.add_argument("--output", required=True, help="the .npz to write (embeddings, files, layer)")
+    embed.set_defaults(handler=run_embed)
     return parser
 
 

@@ -117,7 +117,7 @@ def write_model_card(folder: str | os.PathLike, template: str | os.PathLike, **f
     if not template.is_file():
         raise FileNotFoundError(f"model card template {template} not found (it lives in the repository's model_cards/)")
     data_fields = {k: fields[k] for k in ("license", "tags", "datasets", "pipeline_tag", "model_name",
-                                          "eval_results", "base_model", "library_name") if k in fields}
+                                          "eval_results", "base_model", "library_name", "widget") if k in fields}
     data_fields.setdefault("license", "apache-2.0")
     data_fields.setdefault("library_name", "transformers")
     card = ModelCard.from_template(ModelCardData(**data_fields), template_path=str(template), **fields)

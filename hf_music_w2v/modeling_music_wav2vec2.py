@@ -94,13 +94,14 @@ class Wav2Vec2ForMusicClassification(Wav2Vec2PreTrainedModel):
 
     def forward(
         self,
-        input_values: torch.Tensor,
+        input_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         pitch_labels: torch.Tensor | None = None,
         instrument_labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        pooled_output: torch.Tensor | None = None,
     ) -> MusicClassifierOutput | tuple:
         r"""
         Args:
@@ -113,17 +114,29 @@ class Wav2Vec2ForMusicClassification(Wav2Vec2PreTrainedModel):
                 MIDI pitch ids in `[0, num_pitches)`, -100 where unknown.
             instrument_labels (`torch.LongTensor` of shape `[batch]`, *optional*):
                 Instrument-family ids in `[0, num_instruments)`, -100 where unknown.
+            pooled_output (`torch.FloatTensor` of shape `[batch, hidden_size]`, *optional*):
+                Clip embeddings computed before (a frozen backbone's `pooled_output`), given instead of
+                `input_values`: only the heads run. This is how a linear probe trains on cached features.
         """
-        if input_values.dim() != 2:
-            raise ValueError(f"input_values must be [batch, sample], got shape {tuple(input_values.shape)}")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.wav2vec2(
-            input_values,
-            attention_mask=attention_mask,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
-        pooled = self.pool(outputs.last_hidden_state, attention_mask)
+        if (input_values is None) == (pooled_output is None):
+            raise ValueError("give exactly one of input_values and pooled_output")
+        outputs = None
+        if pooled_output is not None:
+            if pooled_output.dim() != 2 or pooled_output.shape[1] != self.config.hidden_size:
+                raise ValueError(f"pooled_output must be [batch, {self.config.hidden_size}], "
+                                 f"got shape {tuple(pooled_output.shape)}")
+            pooled = pooled_output
+        else:
+            if input_values.dim() != 2:
+                raise ValueError(f"input_values must be [batch, sample], got shape {tuple(input_values.shape)}")
+            outputs = self.wav2vec2(
+                input_values,
+                attention_mask=attention_mask,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+            )
+            pooled = self.pool(outputs.last_hidden_state, attention_mask)
         features = self.dropout(pooled)
         pitch_logits = self.pitch_head(features)
         instrument_logits = self.instrument_head(features)
@@ -144,8 +157,8 @@ class Wav2Vec2ForMusicClassification(Wav2Vec2PreTrainedModel):
             pitch_logits=pitch_logits,
             instrument_logits=instrument_logits,
             pooled_output=pooled,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            hidden_states=outputs.hidden_states if outputs is not None else None,
+            attentions=outputs.attentions if outputs is not None else None,
         )
         return output if return_dict else output.to_tuple()
 

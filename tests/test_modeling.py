@@ -35,6 +35,22 @@ def test_pooled_output_is_mean_of_last_layer(tiny_model, waveforms):
     torch.testing.assert_close(output.pooled_output, last.mean(dim=1))
 
 
+def test_precomputed_pooled_output_gives_the_same_logits_and_loss(tiny_model, waveforms):
+    labels = dict(pitch_labels=torch.tensor([60, 61, 62]), instrument_labels=torch.tensor([0, 1, 2]))
+    full = tiny_model(waveforms, **labels)
+    heads_only = tiny_model(pooled_output=full.pooled_output, **labels)
+    torch.testing.assert_close(heads_only.pitch_logits, full.pitch_logits)
+    torch.testing.assert_close(heads_only.instrument_logits, full.instrument_logits)
+    torch.testing.assert_close(heads_only.loss, full.loss)
+
+
+def test_exactly_one_of_audio_and_pooled_output(tiny_model, waveforms):
+    with pytest.raises(ValueError, match="exactly one of input_values and pooled_output"):
+        tiny_model(waveforms, pooled_output=torch.zeros(3, 16))
+    with pytest.raises(ValueError, match=r"pooled_output must be \[batch, 16\]"):
+        tiny_model(pooled_output=torch.zeros(3, 7))
+
+
 def test_loss_is_weighted_sum_of_both_heads(waveforms):
     model = Wav2Vec2ForMusicClassification(tiny_music_config(pitch_loss_weight=0.3, instrument_loss_weight=2.0))
     model.eval()

@@ -9,6 +9,7 @@ given), played by tinysoundfont; MusicNet's scores come from music21's corpus of
 import csv
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,8 +159,14 @@ def note_qualities(audio: np.ndarray, sampling_rate: int, family: str) -> list[i
 
 
 def make_mini_nsynth(out_dir: str | os.PathLike, seed: int = 0, notes_per_instrument: int = 8,
-                     soundfont: str | os.PathLike | None = None) -> dict[str, int]:
-    """Render nsynth-{train,valid,test}/ (examples.json + audio/*.wav). Returns the note count per split."""
+                     soundfont: str | os.PathLike | None = None, pitches: Sequence[int] | None = None
+                     ) -> dict[str, int]:
+    """Render nsynth-{train,valid,test}/ (examples.json + audio/*.wav). Returns the note count per split.
+
+    Each instrument plays `notes_per_instrument` pitches drawn from its range, or from `pitches` within its
+    range when given. A short list shared by all instruments makes every split cover the same pitches, as the
+    full NSynth does (each of its instruments plays its whole range), so pitch is learnable from a few notes.
+    """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     renderer = Renderer(soundfont, NSYNTH_SAMPLING_RATE)
@@ -180,7 +187,10 @@ def make_mini_nsynth(out_dir: str | os.PathLike, seed: int = 0, notes_per_instru
         rendered = {}
         # Random pitches across the range; a SoundFont may have gaps in an instrument's keys (TimGM6mb's alto
         # sax is silent at E4), so silent notes are passed over for the next candidate pitch.
-        for pitch in rng.permutation(np.arange(low, high + 1)).tolist():
+        candidates = [p for p in pitches if low <= p <= high] if pitches is not None else range(low, high + 1)
+        if not candidates:
+            raise ValueError(f"none of pitches {list(pitches)} is in the range {low}-{high} of GM program {program}")
+        for pitch in rng.permutation(np.asarray(candidates)).tolist():
             if len(rendered) == notes_per_instrument:
                 break
             velocity = int(rng.choice(NSYNTH_VELOCITIES))

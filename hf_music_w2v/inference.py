@@ -1,0 +1,152 @@
+"""Batched inference on audio files of any sample rate, channel count and length: predictions and embeddings.
+
+Files are read with soundfile, downmixed to mono and resampled to the model's rate, then cut into windows of
+`window_seconds` (the last one aligned to the file's end, so nothing is padded; a file shorter than a window
+is one window of its own length). Windows of equal length from several files share a batch; a file's result
+averages its windows. A file that cannot be read is reported and the others are still processed.
+"""
+
+import os
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from .audio import resample
+from .data.validation import DataError
+
+DEFAULT_WINDOW_SECONDS = 4.0  # NSynth's note length, what the classifier was trained on
+
+
+def load_audio_file(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
+    """A file as mono float32 `[sample]` at `sampling_rate`; `DataError` naming the file if it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise DataError(path, f"not a readable audio file ({error})") from error
+    if audio.size == 0:
+        raise DataError(path, "contains no samples")
+    if not np.isfinite(audio).all():
+        raise DataError(path, "contains NaN or infinite samples")
+    return resample(audio.mean(axis=1), rate, sampling_rate)
+
+
+def window_starts(num_samples: int, window: int) -> list[int]:
+    """Starts of back-to-back windows covering `num_samples`, the last one ending at the end (may overlap)."""
+    if num_samples <= window:
+        return [0]
+    starts = list(range(0, num_samples - window + 1, window))
+    if starts[-1] + window < num_samples:
+        starts.append(num_samples - window)
+    return starts
+
+
+@dataclass
+class FileResult:
+    """One file's outcome: `outputs` (name -> [feature] averaged over windows) or the `error` that stopped it."""
+
+    path: str
+    outputs: dict[str, np.ndarray] | None = None
+    windows: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+class AudioRunner:
+    """Runs `model` on the windows of many files in batches; `outputs_fn(model output) -> {name: [batch, dim]}`."""
+
+    def __init__(self, model, feature_extractor, outputs_fn, batch_size: int = 16,
+                 window_seconds: float = DEFAULT_WINDOW_SECONDS, device: str | torch.device = "cpu"):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.to(device).eval()
+        self.extractor = feature_extractor
+        self.outputs_fn = outputs_fn
+        self.batch_size = batch_size
+        self.sampling_rate = feature_extractor.sampling_rate
+        self.window = round(window_seconds * self.sampling_rate)
+        self.device = torch.device(device)
+
+    def run(self, paths: Sequence[str | os.PathLike], files_per_chunk: int | None = None) -> Iterator[FileResult]:
+        """Results in the order of `paths`; files are read `files_per_chunk` at a time (default: batch size)."""
+        chunk = files_per_chunk or self.batch_size
+        for first in range(0, len(paths), chunk):
+            yield from self._run_chunk([str(p) for p in paths[first : first + chunk]])
+
+    def _run_chunk(self, paths: list[str]) -> list[FileResult]:
+        results = [FileResult(path) for path in paths]
+        by_length: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
+        for index, path in enumerate(paths):
+            try:
+                audio = load_audio_file(path, self.sampling_rate)
+            except DataError as error:
+                results[index].error = str(error)
+                continue
+            results[index].seconds = len(audio) / self.sampling_rate
+            for start in window_starts(len(audio), self.window):
+                piece = audio[start : start + self.window]
+                by_length[len(piece)].append((index, piece))
+        sums: dict[int, dict[str, np.ndarray]] = {}
+        for pieces in by_length.values():
+            for first in range(0, len(pieces), self.batch_size):
+                batch = pieces[first : first + self.batch_size]
+                outputs = self._forward([piece for _, piece in batch])
+                for row, (index, _) in enumerate(batch):
+                    totals = sums.setdefault(index, {})
+                    for name, values in outputs.items():
+                        totals[name] = totals.get(name, 0) + values[row]
+                    results[index].windows += 1
+        for index, totals in sums.items():
+            results[index].outputs = {name: total / results[index].windows for name, total in totals.items()}
+        return results
+
+    @torch.no_grad()
+    def _forward(self, windows: list[np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = self.extractor(windows, sampling_rate=self.sampling_rate, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_values", "attention_mask")}
+        return {name: value.float().cpu().numpy() for name, value in self.outputs_fn(self.model, inputs).items()}
+
+
+def class_probabilities(model, inputs) -> dict[str, torch.Tensor]:
+    """`outputs_fn` of `predict`: softmax of both heads of a `Wav2Vec2ForMusicClassification`."""
+    output = model(**inputs)
+    return {"pitch": output.pitch_logits.softmax(-1), "instrument": output.instrument_logits.softmax(-1)}
+
+
+def layer_embedding(layer: int):
+    """`outputs_fn` of `embed`: hidden states of `layer` (0 = Transformer input, -1 = last) averaged over frames."""
+
+    def embed(model, inputs) -> dict[str, torch.Tensor]:
+        output = model(**inputs, output_hidden_states=True)
+        return {"embedding": output.hidden_states[layer].mean(dim=1)}
+
+    return embed
+
+
+def top_classes(probabilities: np.ndarray, id2label: dict[int, str], k: int) -> list[tuple[int, str, float]]:
+    """The `k` most probable classes as (id, label, probability), best first."""
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [(int(i), id2label[int(i)], float(probabilities[i])) for i in order]
+
+
+def save_embeddings(path: str | os.PathLike, files: list[str], embeddings: np.ndarray, layer: int) -> Path:
+    """An .npz with `embeddings` [file, hidden], `files` and `layer`, written through a temporary file."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"--output must end in .npz (embeddings, file names and layer in one file), got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez(staging, embeddings=embeddings.astype(np.float32), files=np.array(files), layer=np.array(layer))
+    os.replace(staging, path)
+    return path
+
+
+__all__ = ["AudioRunner", "FileResult", "class_probabilities", "layer_embedding", "load_audio_file",
+           "save_embeddings", "top_classes", "window_starts"]
