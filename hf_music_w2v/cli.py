@@ -75,6 +75,10 @@ def run_make_mini_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_batch_size(args: argparse.Namespace) -> int:
+    return args.batch_size or (16 if str(args.device).startswith("cuda") else 1)
+
+
 def load_for_inference(name: str, device: str):
     """Model and feature extractor from a folder or Hub id; errors say what MODEL was expected to be."""
     from .hub import music_feature_extractor
@@ -97,7 +101,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if not isinstance(model, Wav2Vec2ForMusicClassification):
         raise SystemExit(f"error: {args.model} is a {type(model).__name__}; predict needs a fine-tuned "
                          "music_wav2vec2 classifier (training/finetune.py). For backbones use `embed`.")
-    runner = AudioRunner(model, extractor, class_probabilities, batch_size=args.batch_size,
+    runner = AudioRunner(model, extractor, class_probabilities, batch_size=default_batch_size(args),
                          window_seconds=args.window_seconds, device=args.device)
     config = model.config
     results = []
@@ -133,7 +137,7 @@ def run_embed(args: argparse.Namespace) -> int:
     if not -(num_layers + 1) <= args.layer <= num_layers:
         raise SystemExit(f"error: --layer must be in [0, {num_layers}] (0: Transformer input, {num_layers}: last "
                          f"layer) or negative from the end, got {args.layer}")
-    runner = AudioRunner(model, extractor, layer_embedding(args.layer), batch_size=args.batch_size,
+    runner = AudioRunner(model, extractor, layer_embedding(args.layer), batch_size=default_batch_size(args),
                          window_seconds=args.window_seconds, device=args.device)
     results = list(runner.run(args.files))
     done = [result for result in results if not result.error]
@@ -155,7 +159,9 @@ def run_embed(args: argparse.Namespace) -> int:
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a folder or Hub id")
     parser.add_argument("files", nargs="+", help="audio files (any sample rate, channel count or length)")
-    parser.add_argument("--batch_size", type=int, default=16, help="windows per forward pass (default 16)")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="windows per forward pass (default 16 on a GPU, 1 on CPU, where larger batches "
+                             "overflow the caches and run slower; see BENCHMARKS.md)")
     parser.add_argument("--window_seconds", type=float, default=4.0,
                         help="longer files are cut into windows of this length and averaged (default 4, as NSynth)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
