@@ -244,3 +244,29 @@ def test_bad_arguments_are_rejected_with_a_message(tmp_path, nsynth_dir):
     result = run_script(["--model_name_or_path", BASE_PRESET, "--nsynth_dir", str(nsynth_dir), "--output_dir",
                          str(tmp_path), "--no_feature_cache"])
     assert result.returncode == 2 and "--no_feature_cache only applies with --freeze_base_model" in result.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_probe_as_one_process_with_twice_the_batch(tmp_path, nsynth_dir, small_backbone):
+    common = ["--model_name_or_path", str(small_backbone), "--random_init", "--nsynth_dir", str(nsynth_dir),
+              "--freeze_base_model", "--max_train_samples", "32", "--max_eval_samples", "12", "--num_train_epochs",
+              "2", "--logging_steps", "1", "--report_to", "none", "--head_learning_rate", "1e-2"]
+    single = run_script(common + ["--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "one")])
+    assert single.returncode == 0, single.stderr[-3000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(REPO / "training" / "accelerate_configs" / "cpu_2proc.yaml"), str(SCRIPT)]
+    double = subprocess.run(launch + common + ["--per_device_train_batch_size", "4", "--output_dir",
+                                               str(tmp_path / "two")],
+                            env=script_env(ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert "fine-tuning on 2 process(es)" in double.stdout
+    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    assert [m["step"] for m in one] == [m["step"] for m in two]
+    for a, b in zip(one, two):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    results_one = json.loads((tmp_path / "one" / "all_results.json").read_text())
+    results_two = json.loads((tmp_path / "two" / "all_results.json").read_text())
+    assert results_two["test_notes"] == 12  # every test note counted once across the two processes
+    assert results_one["test_pitch_accuracy"] == results_two["test_pitch_accuracy"]

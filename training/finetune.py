@@ -146,10 +146,22 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     report_to = [] if args.report_to == "none" else args.report_to
+    # Model first (the same on every process, from the seed): the backbone (pretrained or random), two new heads.
+    torch.manual_seed(args.seed)
+    model = build_classifier(args.model_name_or_path, args.random_init, pitch_loss_weight=args.pitch_loss_weight,
+                             instrument_loss_weight=args.instrument_loss_weight, final_dropout=args.final_dropout,
+                             mask_time_prob=args.mask_time_prob)
+    if args.freeze_base_model:
+        model.freeze_base_model()
+    elif args.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+    config = model.config
     accelerator = Accelerator(
         log_with=report_to or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # layerdrop skips whole layers, whose parameters then get no gradient; DDP must be told to expect that.
+        kwargs_handlers=[DistributedDataParallelKwargs(
+            find_unused_parameters=config.layerdrop > 0 and not args.freeze_base_model)],
     )
     accelerator.print(f"fine-tuning on {accelerator.num_processes} process(es), device {accelerator.device}, "
                       f"mixed precision {accelerator.mixed_precision}")
@@ -161,16 +173,6 @@ def main(argv=None) -> int:
                   "test": load_split(args, "test", args.max_eval_samples)}
     accelerator.print(", ".join(f"{name} {len(notes)} notes" for name, notes in splits.items()))
 
-    # Model: the backbone (pretrained or random) with two new heads.
-    torch.manual_seed(args.seed)
-    model = build_classifier(args.model_name_or_path, args.random_init, pitch_loss_weight=args.pitch_loss_weight,
-                             instrument_loss_weight=args.instrument_loss_weight, final_dropout=args.final_dropout,
-                             mask_time_prob=args.mask_time_prob)
-    if args.freeze_base_model:
-        model.freeze_base_model()
-    elif args.freeze_feature_encoder:
-        model.freeze_feature_encoder()
-    config = model.config
     probe = args.freeze_base_model
     cached = probe and not args.no_feature_cache
 
