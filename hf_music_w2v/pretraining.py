@@ -317,3 +317,30 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, state: TrainerSt
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return target
+
+
+def restore_checkpoint(accelerator, value: str | None, output_dir: str | os.PathLike, state):
+    """`--resume_from_checkpoint`: load accelerate's state and return the trainer state saved with it.
+
+    `state` is the fresh state of the run (a `TrainerState` or any dataclass with `read` and `step`); it is
+    returned unchanged when there is nothing to resume from.
+    """
+    checkpoint = resolve_checkpoint(value, output_dir)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = type(state).read(checkpoint)
+        accelerator.print(f"resumed from {checkpoint} at update {state.step}")
+    elif value == "latest":
+        accelerator.print(f"no checkpoint in {output_dir}; starting from scratch")
+    return state
+
+
+def reset_metrics_log(accelerator, path: str | os.PathLike, step: int) -> Path:
+    """The run's JSON-lines metrics log, cut back to its entries up to `step`: a resumed run rewrites the rest."""
+    path = Path(path)
+    if accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step] \
+            if path.exists() else []
+        path.write_text("".join(line + "\n" for line in kept))
+    return path

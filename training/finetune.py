@@ -53,7 +53,8 @@ from hf_music_w2v.pretraining import (
     NonFiniteGuard,
     TrainingDiverged,
     UpdateBatchSampler,
-    resolve_checkpoint,
+    reset_metrics_log,
+    restore_checkpoint,
     save_checkpoint,
     seeded_generator,
 )
@@ -229,20 +230,8 @@ def main(argv=None) -> int:
     accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
 
-    state = FinetuneState()
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = FinetuneState.read(checkpoint)
-        accelerator.print(f"resumed from {checkpoint} at update {state.step}")
-    elif args.resume_from_checkpoint == "latest":
-        accelerator.print(f"no checkpoint in {output_dir}; starting from scratch")
-    metrics_path = output_dir / "logs" / METRICS_FILE
-    if accelerator.is_main_process:
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= state.step] \
-            if metrics_path.exists() else []
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+    state = restore_checkpoint(accelerator, args.resume_from_checkpoint, output_dir, FinetuneState())
+    metrics_path = reset_metrics_log(accelerator, output_dir / "logs" / METRICS_FILE, state.step)
     if report_to:
         accelerator.init_trackers("finetune", config={k: v for k, v in vars(args).items()
                                                       if isinstance(v, (int, float, str, bool))})

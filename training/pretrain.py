@@ -36,7 +36,8 @@ from hf_music_w2v.pretraining import (
     gumbel_temperature,
     pretraining_batch,
     pretraining_update,
-    resolve_checkpoint,
+    reset_metrics_log,
+    restore_checkpoint,
     save_checkpoint,
     seeded_generator,
 )
@@ -195,20 +196,9 @@ def main(argv=None) -> int:
     accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
 
-    state = TrainerState(gumbel_temperature=args.max_gumbel_temperature)
-    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = TrainerState.read(checkpoint)
-        accelerator.print(f"resumed from {checkpoint} at update {state.step}")
-    elif args.resume_from_checkpoint == "latest":
-        accelerator.print(f"no checkpoint in {output_dir}; starting from scratch")
-    metrics_path = output_dir / "logs" / METRICS_FILE
-    if accelerator.is_main_process:
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] <= state.step] \
-            if metrics_path.exists() else []
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+    state = restore_checkpoint(accelerator, args.resume_from_checkpoint, output_dir,
+                               TrainerState(gumbel_temperature=args.max_gumbel_temperature))
+    metrics_path = reset_metrics_log(accelerator, output_dir / "logs" / METRICS_FILE, state.step)
     if report_to:
         accelerator.init_trackers("pretrain", config={k: v for k, v in vars(args).items()
                                                       if isinstance(v, (int, float, str, bool))})
