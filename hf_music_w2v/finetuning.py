@@ -15,7 +15,7 @@ from transformers.utils import logging
 from .configuration_music_wav2vec2 import MusicWav2Vec2Config, wav2vec2_base_config
 from .hub import write_text_atomic
 from .modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification, masked_cross_entropy
-from .pretraining import TRAINER_STATE_NAME, normalize_audio
+from .pretraining import TRAINER_STATE_NAME, normalize_audio, step_if_finite
 
 logger = logging.get_logger(__name__)
 
@@ -109,14 +109,7 @@ def classifier_update(accelerator, model, optimizer, micro_batches: list[dict], 
                                                   max_grad_norm or float("inf")))
     means = accelerator.reduce(sums, reduction="sum") / (len(micro_batches) * accelerator.num_processes)
     loss, pitch_loss, instrument_loss = (float(v) for v in means)
-    if accelerator.scaler is not None:
-        optimizer.step()
-        skipped = accelerator.optimizer_step_was_skipped or not np.isfinite(loss)
-    else:
-        skipped = not (np.isfinite(loss) and np.isfinite(grad_norm))
-        if not skipped:
-            optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    skipped = step_if_finite(accelerator, optimizer, loss, grad_norm)
     return ClassifierStats(loss, pitch_loss, instrument_loss, grad_norm, skipped)
 
 
@@ -248,10 +241,11 @@ def widget_examples(dataset, output_dir: Path, count: int = 3) -> list[dict]:
 
     from .configuration_music_wav2vec2 import NSYNTH_INSTRUMENT_FAMILIES, midi_pitch_name
 
-    table = dataset.with_format(None).select_columns(["note_str", "instrument_family", "pitch"])
+    table = dataset.with_format(None)  # metadata columns only, without decoding audio
+    names, families = table["note_str"], table["instrument_family"]
     first_of_family: dict[int, int] = {}
-    for index in np.argsort(table["note_str"]):
-        first_of_family.setdefault(table[int(index)]["instrument_family"], int(index))
+    for index in np.argsort(names):
+        first_of_family.setdefault(families[int(index)], int(index))
     folder = output_dir / "widget_samples"
     if folder.exists():
         shutil.rmtree(folder)

@@ -13,29 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from .audio import resample
-from .data.validation import DataError
+from .data.validation import DataError, read_audio
 
 DEFAULT_WINDOW_SECONDS = 4.0  # NSynth's note length, what the classifier was trained on
 
 
 def load_audio_file(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
     """A file as mono float32 `[sample]` at `sampling_rate`; `DataError` naming the file if it is unusable."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as error:
-        raise DataError(path, f"not a readable audio file ({error})") from error
-    if audio.size == 0:
-        raise DataError(path, "contains no samples")
-    if not np.isfinite(audio).all():
-        raise DataError(path, "contains NaN or infinite samples")
-    return resample(audio.mean(axis=1), rate, sampling_rate)
+    audio, rate = read_audio(path, downmix=True)
+    return resample(audio, rate, sampling_rate)
 
 
 def window_starts(num_samples: int, window: int) -> list[int]:

@@ -196,6 +196,15 @@ def pretraining_update(accelerator, model, optimizer, micro_batches: Sequence[di
     loss, contrastive, diversity = (float(v) / max(masked_frames, 1) for v in sums[:3])
     perplexity = float(sums[3]) / (len(micro_batches) * accelerator.num_processes)
     grad_norm = float(grad_norm)
+    skipped = step_if_finite(accelerator, optimizer, loss, grad_norm)
+    return UpdateStats(loss, contrastive, diversity, perplexity, grad_norm, masked_frames, total_frames, skipped)
+
+
+def step_if_finite(accelerator, optimizer, loss: float, grad_norm: float) -> bool:
+    """Take the optimizer step unless the loss or gradient norm is non-finite; clear gradients; True if skipped.
+
+    Under fp16 the GradScaler decides (it skips steps whose gradients overflowed).
+    """
     if accelerator.scaler is not None:
         optimizer.step()
         skipped = accelerator.optimizer_step_was_skipped or not math.isfinite(loss)
@@ -204,7 +213,7 @@ def pretraining_update(accelerator, model, optimizer, micro_batches: Sequence[di
         if not skipped:
             optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return UpdateStats(loss, contrastive, diversity, perplexity, grad_norm, masked_frames, total_frames, skipped)
+    return skipped
 
 
 class TrainingDiverged(RuntimeError):

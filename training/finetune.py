@@ -16,6 +16,7 @@ head for the inference widget (`widget/`).
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -350,9 +351,9 @@ def main(argv=None) -> int:
         card = card_fields(args, config, results, examples, unwrapped, accelerator.num_processes, argv)
         write_model_card(output_dir, REPO_ROOT / "model_cards" / "finetuned.md", **card)
         for head, folder in widget_folders.items():
-            head_examples = widget_examples(splits["test"], folder)
+            shutil.copytree(output_dir / "widget_samples", folder / "widget_samples", dirs_exist_ok=True)
             write_model_card(folder, REPO_ROOT / "model_cards" / "widget_head.md",
-                             **card_fields(args, config, results, head_examples, unwrapped,
+                             **card_fields(args, config, results, examples, unwrapped,
                                            accelerator.num_processes, argv, head=head))
         if args.push_to_hub:
             url = push_folder(output_dir, args.hub_model_id, token=args.hub_token,

@@ -49,10 +49,12 @@ def read_audio(
     path: str | os.PathLike,
     expected_sampling_rate: int | None = None,
     expected_samples: int | None = None,
+    downmix: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Read a mono audio file as float32 `[sample]`, checking it exists, decodes, is mono, finite and non-empty.
 
-    Raises `DataError` naming the file and what was expected.
+    With `downmix`, any channel count is accepted and averaged to mono. Raises `DataError` naming the file and
+    what was expected.
     """
     path = Path(path)
     if not path.is_file():
@@ -63,11 +65,11 @@ def read_audio(
         audio, sampling_rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as error:
         raise DataError(path, f"not a readable audio file ({error})") from error
-    if audio.shape[1] != 1:
+    if audio.shape[1] != 1 and not downmix:
         raise DataError(path, f"expected mono audio, found {audio.shape[1]} channels")
     if expected_sampling_rate is not None and sampling_rate != expected_sampling_rate:
         raise DataError(path, f"expected a sample rate of {expected_sampling_rate} Hz, found {sampling_rate} Hz")
-    audio = audio[:, 0]
+    audio = audio.mean(axis=1) if downmix else audio[:, 0]
     if audio.size == 0:
         raise DataError(path, "contains no samples")
     if expected_samples is not None and audio.size != expected_samples:
