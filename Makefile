@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchaudio==2.11.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Extra `hf-music-w2v demo` flags, e.g. DEMO_ARGS="--recipe paper --musicnet_dir ... --nsynth_dir ..." (README).
+DEMO_ARGS ?=
 
 .PHONY: install demo test lint clean
 
@@ -20,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/hf-music-w2v demo --output_dir demo_output
+	HF_HUB_OFFLINE=1 $(VENV)/bin/hf-music-w2v demo --output_dir demo_output $(DEMO_ARGS)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

@@ -34,7 +34,7 @@ def main() -> None:
 
     import hf_music_w2v
     from hf_music_w2v.audio import harmonic_note
-    from hf_music_w2v.cli import DEMO_BACKBONE
+    from hf_music_w2v.demo import DEMO_BACKBONE
     from hf_music_w2v.inference import AudioRunner, class_probabilities
 
     with tempfile.TemporaryDirectory() as tmp:

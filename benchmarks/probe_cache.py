@@ -56,7 +56,7 @@ def main() -> None:
         model, random_init = args.model, False
         if model is None:
             from hf_music_w2v import wav2vec2_base_config
-            from hf_music_w2v.cli import DEMO_BACKBONE
+            from hf_music_w2v.demo import DEMO_BACKBONE
 
             model, random_init = str(tmp / "small"), True
             wav2vec2_base_config(**DEMO_BACKBONE).save_pretrained(model)

@@ -8,6 +8,7 @@
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -15,50 +16,19 @@ import torch
 from transformers import AutoFeatureExtractor, AutoModel
 from transformers.utils import logging
 
-from .audio import harmonic_note
-from .configuration_music_wav2vec2 import MusicWav2Vec2Config, midi_pitch_name
-from .hub import save_pretrained_atomic
+from .demo import add_demo_arguments
 from .modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification
 
 logger = logging.get_logger(__name__)
 
-# A wav2vec2 with the base model's conv strides (20 ms frames at 16 kHz) but narrow enough for a laptop CPU.
-DEMO_BACKBONE = dict(
-    conv_dim=(64,) * 7,
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=128,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-    codevector_dim=32,
-    proj_codevector_dim=32,
-    num_codevectors_per_group=32,
-)
-
-
 def run_demo(args: argparse.Namespace) -> int:
-    output_dir = Path(args.output_dir)
-    torch.manual_seed(args.seed)
-    model = Wav2Vec2ForMusicClassification(MusicWav2Vec2Config(**DEMO_BACKBONE))
-    folder = save_pretrained_atomic(model, output_dir / "model")
-    print(f"saved a {sum(p.numel() for p in model.parameters()):,}-parameter model to {folder}")
+    from .demo import Demo, DemoError
 
-    reloaded = AutoModel.from_pretrained(folder).eval()
-    extractor = AutoFeatureExtractor.from_pretrained(folder)
-    note = harmonic_note(args.pitch, seconds=4.0, sampling_rate=extractor.sampling_rate)
-    inputs = extractor(note, sampling_rate=extractor.sampling_rate, return_tensors="pt")
-    with torch.no_grad():
-        output = reloaded(inputs.input_values)
-    pitch_probs = output.pitch_logits.softmax(-1)[0]
-    family_probs = output.instrument_logits.softmax(-1)[0]
-    pitch = int(pitch_probs.argmax())
-    family = int(family_probs.argmax())
-    config = reloaded.config
-    print(f"input: a generated 4 s note at MIDI {args.pitch} ({midi_pitch_name(args.pitch)})")
-    print(f"pitch: {config.pitch_id2label[pitch]} (MIDI {pitch}), p={float(pitch_probs[pitch]):.3f}")
-    print(f"instrument family: {config.id2label[family]}, p={float(family_probs[family]):.3f}")
-    print("(the heads are untrained here, so these predictions are arbitrary until the model is fine-tuned)")
+    try:
+        Demo(args).run()
+    except DemoError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -170,10 +140,10 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-music-w2v", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="build, save, reload and run a small model on a generated note")
-    demo.add_argument("--output_dir", default="demo_output", help="where the model folder is written")
-    demo.add_argument("--pitch", type=int, default=60, help="MIDI pitch of the generated note (default 60, C4)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed for the model's initial weights")
+    demo = commands.add_parser(
+        "demo", help="pretrain on MusicNet, fine-tune on NSynth from music-pretrained and random weights, report",
+        description=demo_doc())
+    add_demo_arguments(demo)
     demo.set_defaults(handler=run_demo)
 
     mini = commands.add_parser(
@@ -204,8 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def demo_doc() -> str:
+    from . import demo
+
+    return demo.__doc__
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.invocation = shlex.join(["hf-music-w2v", *argv])
     return args.handler(args)
 
 

@@ -161,11 +161,9 @@ def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: i
 def save_confusion_matrix_png(matrix: np.ndarray, class_names: list[str], path: str | os.PathLike,
                               title: str) -> Path:
     """A row-normalised heat map of `matrix` with counts in the cells, written atomically as PNG."""
-    import matplotlib
+    from .report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
     figure, axes = plt.subplots(figsize=(7.5, 6.5))
@@ -181,12 +179,7 @@ def save_confusion_matrix_png(matrix: np.ndarray, class_names: list[str], path: 
                       color="white" if share[row, column] > 0.5 else "black")
     figure.colorbar(image, ax=axes, label="share of the true family's notes")
     figure.tight_layout()
-    path = Path(path)
-    staging = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    figure.savefig(staging, dpi=120)
-    plt.close(figure)
-    os.replace(staging, path)
-    return path
+    return save_figure(figure, path)
 
 
 @dataclass

@@ -12,15 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from hf_music_w2v import wav2vec2_base_config
-from hf_music_w2v.cli import DEMO_BACKBONE
 from hf_music_w2v.data.mini import make_mini_nsynth
+from hf_music_w2v.demo import DEMO_BACKBONE, PITCH_GRID
 from hf_music_w2v.finetuning import BASE_PRESET, build_classifier, confusion_matrix
 from hf_music_w2v.pretraining import list_checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "training" / "finetune.py"
-# C and G in every octave: every instrument of the mini set plays some of them, so all splits share pitches.
-PITCH_GRID = [p for p in range(21, 109) if p % 12 in (0, 7)]
 EPOCHS = 60
 FAST = ["--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--report_to", "none",
         "--learning_rate", "1e-3", "--head_learning_rate", "3e-3", "--no-freeze_feature_encoder"]

@@ -1,0 +1,188 @@
+"""`hf-music-w2v demo` end to end at a tiny scale: real renders, real `accelerate launch` runs, real report."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
+
+from hf_music_w2v import wav2vec2_base_config
+from hf_music_w2v.demo import DEMO_BACKBONE
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RUNS = [f"{init}-seed{seed}" for init in ("music", "random", "speech") for seed in (0, 1)]
+
+
+def demo_command(output_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "hf_music_w2v.cli", "demo", "--output_dir", str(output_dir), "--quiet",
+            "--pretrain_steps", "12", "--finetune_epochs", "2", "--seeds", "0", "1", "--notes_per_instrument", "2",
+            "--musicnet_seconds", "12", "--finetune_args", "--report_to none", *extra]
+
+
+def run_demo(output_dir: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(demo_command(output_dir, *extra), capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+
+
+@pytest.fixture(scope="module")
+def speech_model(tmp_path_factory) -> Path:
+    """Stands in for facebook/wav2vec2-base: a Wav2Vec2ForPreTraining folder that is not the demo's own."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("speech")
+    torch.manual_seed(123)
+    Wav2Vec2ForPreTraining(wav2vec2_base_config(**DEMO_BACKBONE)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, speech_model) -> Path:
+    output_dir = tmp_path_factory.mktemp("demo") / "demo_output"
+    result = run_demo(output_dir, "--speech_model", str(speech_model))
+    assert result.returncode == 0, result.stderr[-4000:]
+    return output_dir
+
+
+def test_small_config_file_is_the_demo_backbone():
+    on_disk = Wav2Vec2Config.from_pretrained(REPO / "training" / "configs" / "wav2vec2-small.json").to_dict()
+    built = wav2vec2_base_config(**DEMO_BACKBONE).to_dict()
+    for key in ("conv_dim", "hidden_size", "num_hidden_layers", "intermediate_size", "num_codevectors_per_group",
+                "num_codevector_groups", "conv_stride", "conv_kernel", "feat_extract_norm", "mask_time_prob"):
+        assert list(on_disk[key]) == list(built[key]) if isinstance(built[key], (list, tuple)) \
+            else on_disk[key] == built[key], key
+
+
+def test_demo_runs_every_stage_and_every_seed(demo):
+    for run in RUNS:
+        results = json.loads((demo / "finetune" / run / "all_results.json").read_text())
+        assert results["epochs"] == 2 and 0.0 <= results["test_pitch_accuracy"] <= 1.0
+    assert json.loads((demo / "pretrain" / "pretrain_results.json").read_text())["steps"] == 12
+    state = json.loads((demo / "demo_state.json").read_text())["seconds"]
+    assert {"data", "pretrain", "codebook", "hub", "report", *(f"finetune {run}" for run in RUNS)} <= set(state)
+
+
+def test_random_init_runs_start_from_other_weights_than_the_pretrained_ones(demo):
+    from safetensors.torch import load_file
+
+    pretrained = load_file(demo / "pretrain" / "model.safetensors")
+    music = load_file(demo / "finetune" / "music-seed0" / "model.safetensors")
+    random = load_file(demo / "finetune" / "random-seed0" / "model.safetensors")
+    # The frozen feature encoder keeps its initial weights through fine-tuning.
+    key = "wav2vec2.feature_extractor.conv_layers.0.conv.weight"
+    assert (music[key] == pretrained[key]).all()
+    assert not (random[key] == pretrained[key]).all()
+
+
+def table_row(report: str, label: str) -> list[str]:
+    line = next(line for line in report.splitlines() if line.startswith(f"| {label} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_report_table_is_the_runs_test_accuracy(demo):
+    report = (demo / "REPORT.md").read_text()
+    for init, label in (("music", "music-pretrained"), ("random", "random init"), ("speech", "speech-pretrained")):
+        runs = [json.loads((demo / "finetune" / f"{init}-seed{s}" / "all_results.json").read_text()) for s in (0, 1)]
+        cells = table_row(report, label)
+        assert cells[1] == "2"
+        pitch = [r["test_pitch_accuracy"] for r in runs]
+        family = [r["test_instrument_accuracy"] for r in runs]
+        assert cells[2].startswith(f"{sum(pitch) / 2:.3f} ± ")
+        assert cells[3].startswith(f"{sum(family) / 2:.3f} ± ")
+        assert cells[4] == ", ".join(f"{v:.3f}" for v in pitch)
+        assert cells[5] == ", ".join(f"{v:.3f}" for v in family)
+    assert "most frequent test class" in report
+    assert re.search(r"\*\*pitch\*\*: music-pretrained [0-9.]+ vs random init [0-9.]+ \([+-][0-9.]+ points\)", report)
+
+
+def test_report_figures_exist_and_are_png(demo):
+    report = (demo / "REPORT.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert {"figures/pretraining.png", "figures/finetuning.png", "figures/confusion_matrix.png",
+            "figures/codebook_nmi.png"} <= set(images)
+    for image in images:
+        assert (demo / image).read_bytes()[:8] == PNG_MAGIC, image
+
+
+def test_codebook_analysis_covers_every_model(demo):
+    scores = json.loads((demo / "codebook.json").read_text())
+    assert set(scores) == {"music-pretrained", "random init", "speech-pretrained"}
+    for values in scores.values():
+        for key in ("pitch_nmi", "family_nmi", "pitch_nmi_shuffled", "family_nmi_shuffled"):
+            assert 0.0 <= values[key] <= 1.0
+        assert values["notes"] == 88 and values["codebook_size"] == 32 * 32
+    # The speech stand-in and the demo's random start are different networks, so their codes differ.
+    assert scores["speech-pretrained"]["pitch_nmi"] != scores["random init"]["pitch_nmi"]
+
+
+def test_hub_folder_is_the_best_music_run_on_valid_and_loads_without_the_package(demo):
+    runs = {s: json.loads((demo / "finetune" / f"music-seed{s}" / "all_results.json").read_text()) for s in (0, 1)}
+    best = max(runs, key=lambda s: runs[s]["valid_mean_accuracy"])
+    hub = demo / "hub"
+    assert (hub / "model" / "all_results.json").read_text() == \
+        (demo / "finetune" / f"music-seed{best}" / "all_results.json").read_text()
+    assert not any((hub / "model" / name).exists() for name in ("checkpoints", "features", "best_model", "widget"))
+    for head in ("widget-pitch", "widget-instrument-family"):
+        assert json.loads((hub / head / "config.json").read_text())["architectures"] == \
+            ["Wav2Vec2ForSequenceClassification"]
+    code = (
+        "import sys, numpy as np, soundfile as sf, torch\n"
+        "sys.modules['hf_music_w2v'] = None\n"
+        "from transformers import AutoFeatureExtractor, AutoModel\n"
+        f"folder = {str(hub / 'model')!r}\n"
+        "model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()\n"
+        "extractor = AutoFeatureExtractor.from_pretrained(folder)\n"
+        "import glob\n"
+        "audio, rate = sf.read(sorted(glob.glob(folder + '/widget_samples/*.wav'))[0])\n"
+        "import torchaudio.functional as F\n"
+        "audio = F.resample(torch.tensor(audio, dtype=torch.float32), rate, 16000).numpy()\n"
+        "inputs = extractor(audio, sampling_rate=16000, return_tensors='pt')\n"
+        "out = model(inputs.input_values)\n"
+        "import json\n"
+        "print(json.dumps([type(model).__module__, list(out.pitch_logits.shape), list(out.instrument_logits.shape)]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, pitch_shape, family_shape = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not module.startswith("hf_music_w2v")
+    assert pitch_shape == [1, 128] and family_shape == [1, 11]
+
+
+def test_rerun_skips_finished_stages_and_redoes_a_missing_one(demo, speech_model):
+    (demo / "finetune" / "random-seed1" / "all_results.json").unlink()
+    kept = (demo / "finetune" / "music-seed0" / "all_results.json").stat().st_mtime_ns
+    result = run_demo(demo, "--speech_model", str(speech_model))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "data: already done, skipped" in result.stderr
+    assert "pretrain: already done, skipped" in result.stderr
+    assert "finetune music-seed0: already done, skipped" in result.stderr
+    assert "finetune random-seed1 ..." in result.stderr and "finetune random-seed1: done" in result.stderr
+    assert (demo / "finetune" / "random-seed1" / "all_results.json").is_file()
+    assert (demo / "finetune" / "music-seed0" / "all_results.json").stat().st_mtime_ns == kept
+
+
+def test_a_failing_stage_names_itself_and_its_log(demo, tmp_path):
+    output_dir = tmp_path / "demo_output"
+    for part in ("data", "pretrain", "demo_state.json"):
+        source = demo / part
+        (shutil.copytree if source.is_dir() else shutil.copyfile)(source, output_dir / part)
+    result = run_demo(output_dir, "--finetune_args=--no_such_flag")
+    assert result.returncode == 1
+    log = output_dir / "logs" / "finetune-music-seed0.log"
+    assert "stage 'finetune music-seed0' failed with exit code" in result.stderr
+    assert str(log) in result.stderr and "--no_such_flag" in result.stderr
+    assert "--no_such_flag" in log.read_text()
+
+
+@pytest.mark.parametrize("flag", ["--nsynth_dir", "--musicnet_dir", "--speech_model"])
+def test_missing_inputs_are_clear_errors_before_any_work(tmp_path, flag):
+    result = run_demo(tmp_path / "out", flag, str(tmp_path / "nowhere"))
+    assert result.returncode == 1
+    assert flag in result.stderr and "nowhere" in result.stderr
+    assert not (tmp_path / "out").exists()
