@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Extra `hf-music-w2v demo` flags, e.g. DEMO_ARGS="--recipe paper --musicnet_dir ... --nsynth_dir ..." (README).
 DEMO_ARGS ?=
+# The demo needs nothing from the Hub; set HF_HUB_OFFLINE=0 to let --speech_model name a Hub id.
+HF_HUB_OFFLINE ?= 1
 
 .PHONY: install demo test lint clean
 
@@ -22,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/hf-music-w2v demo --output_dir demo_output $(DEMO_ARGS)
+	HF_HUB_OFFLINE=$(HF_HUB_OFFLINE) $(VENV)/bin/hf-music-w2v demo --output_dir demo_output $(DEMO_ARGS)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

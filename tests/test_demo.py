@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -186,3 +187,21 @@ def test_missing_inputs_are_clear_errors_before_any_work(tmp_path, flag):
     assert result.returncode == 1
     assert flag in result.stderr and "nowhere" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_readme_demo_commands_parse():
+    from hf_music_w2v.cli import build_parser
+
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.DOTALL)
+    lines = [line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    commands = []
+    for line in lines:
+        code = line.partition("# ")[0]
+        if "hf-music-w2v demo" in code:
+            commands.append(code.split("hf-music-w2v demo", 1)[1])
+        if 'DEMO_ARGS="' in line:
+            commands.append(line.split('DEMO_ARGS="', 1)[1].split('"', 1)[0].replace("...", ""))
+    assert len(commands) >= 2
+    for command in commands:
+        args = build_parser().parse_args(["demo", *shlex.split(command)])
+        assert args.recipe in ("mini", "paper")
