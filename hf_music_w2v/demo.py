@@ -11,8 +11,9 @@ Stages, each a real `accelerate launch` of the training scripts with its log in 
  4. codebook: NMI between the quantizer's code ids and pitch / family, music-pretrained vs random;
  5. hub: the best-on-valid music-pretrained run packaged for the Hub, with the widget models;
  6. report: OUT/REPORT.md with its figures and OUT/results.json.
-A finished stage is not run again (the same command resumes an interrupted demo; `--fresh` starts over), and a
-training stage that was cut off resumes from its latest checkpoint.
+A finished stage is not run again (the same command resumes an interrupted demo; `--fresh` starts over), a
+training stage that was cut off resumes from its latest checkpoint, and a folder made with other settings is
+refused rather than mixed into.
 """
 
 import argparse
@@ -92,10 +93,16 @@ class DemoError(RuntimeError):
     """A stage failed; the message names it and its log."""
 
 
+# The flags that change what a finished stage produced: resuming under other values would mix two experiments.
+SETTINGS = ("recipe", "musicnet_dir", "nsynth_dir", "pretrain_steps", "finetune_epochs", "pretrain_args",
+            "finetune_args", "pretrain_seed", "data_seed", "notes_per_instrument", "musicnet_seconds")
+
+
 @dataclass
 class DemoState:
-    """Seconds spent per finished stage, kept in OUT/demo_state.json across resumed runs."""
+    """The settings of an output folder and the seconds spent per finished stage (OUT/demo_state.json)."""
 
+    settings: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -103,7 +110,7 @@ class DemoState:
         return cls(**json.loads(path.read_text())) if path.is_file() else cls()
 
     def write(self, path: Path) -> None:
-        write_text_atomic(path, json.dumps({"seconds": self.seconds}, indent=2))
+        write_text_atomic(path, json.dumps({"settings": self.settings, "seconds": self.seconds}, indent=2))
 
 
 def launch_command(script: Path, script_args: list[str], accelerate_config: str | None) -> list[str]:
@@ -153,7 +160,13 @@ class Demo:
                 raise DemoError(f"{self.training_dir / script} not found: the demo launches the repository's "
                                 "training scripts; run it from a clone, or give --training_dir")
         self.state_path = self.out / "demo_state.json"
-        self.state = DemoState.read(self.state_path)
+        self.state = DemoState() if args.fresh else DemoState.read(self.state_path)
+        self.settings = {name: getattr(args, name) for name in SETTINGS}
+        changed = [f"{name} {self.state.settings[name]!r} -> {value!r}" for name, value in self.settings.items()
+                   if self.state.settings and self.state.settings.get(name) != value]
+        if changed:
+            raise DemoError(f"{self.out} holds a demo made with other settings ({'; '.join(changed)}); resuming "
+                            "would mix the two. Give --fresh to start over, or another --output_dir")
         self.musicnet_dir = Path(args.musicnet_dir) if args.musicnet_dir else self.out / "data" / "musicnet"
         self.nsynth_dir = Path(args.nsynth_dir) if args.nsynth_dir else self.out / "data" / "nsynth"
         self.inits = [MUSIC, RANDOM] + ([SPEECH] if args.speech_model else [])
@@ -214,8 +227,10 @@ class Demo:
                                  notes_per_instrument=self.args.notes_per_instrument)
 
     def data_ready(self) -> bool:
-        return (self.musicnet_dir / "musicnet_metadata.csv").is_file() and \
-            (self.nsynth_dir / "nsynth-test" / "examples.json").is_file()
+        """Datasets given by path were checked up front; rendered ones are ready once their last file is."""
+        musicnet = bool(self.args.musicnet_dir) or (self.musicnet_dir / "musicnet_metadata.csv").is_file()
+        nsynth = bool(self.args.nsynth_dir) or (self.nsynth_dir / "nsynth-test" / "examples.json").is_file()
+        return musicnet and nsynth
 
     # Stage 2: pretraining.
     @property
@@ -291,8 +306,9 @@ class Demo:
     def run(self) -> Path:
         if self.args.fresh and self.out.exists():
             shutil.rmtree(self.out)
-            self.state = DemoState()
         self.out.mkdir(parents=True, exist_ok=True)
+        self.state.settings = self.settings
+        self.state.write(self.state_path)
         start = time.perf_counter()
         self.stage("data", self.data_ready(), self.render_data)
         self.stage("pretrain", (self.pretrain_dir / "pretrain_results.json").is_file(), self.pretrain)
@@ -353,6 +369,8 @@ def render_report(demo: Demo, summary: dict, results: dict, pretrain_config: dic
     first = results[MUSIC][0]
     finetune_minutes = sum(v for k, v in seconds.items() if k.startswith("finetune")) / 60
     total_minutes = sum(seconds.values()) / 60
+    finetune_setup = (f"recipe `{args.recipe}` plus `{args.finetune_args}`" if args.finetune_args
+                      else "feature encoder frozen")
     comparisons = report.compare(rows, MUSIC, RANDOM) + report.compare(rows, MUSIC, SPEECH)
     data_note = ("rendered by the demo in the official layouts, from a General MIDI SoundFont's recorded "
                  "instrument samples and music21's real scores" if not (args.musicnet_dir or args.nsynth_dir)
@@ -379,7 +397,7 @@ def render_report(demo: Demo, summary: dict, results: dict, pretrain_config: dic
         f"{pretrain['skipped_updates']} skipped; final contrastive loss {pretrain['final_contrastive_loss']:.3f} "
         f"(chance: ln(1 + negatives) = {np.log(1 + pretrain_config['num_negatives']):.3f}), codevector perplexity "
         f"{pretrain['final_codevector_perplexity']:.1f}.",
-        f"- **Fine-tuning**: both heads jointly, feature encoder frozen, {first['epochs']} epoch(s) "
+        f"- **Fine-tuning**: both heads jointly, {finetune_setup}, {first['epochs']} epoch(s) "
         f"({first['steps']} updates) per run, seeds {', '.join(map(str, args.seeds))}; every initialisation gets "
         "the same data, schedule and budget. Each run keeps its best epoch on valid and is scored once on test.",
         "",

@@ -170,15 +170,23 @@ def test_rerun_skips_finished_stages_and_redoes_a_missing_one(demo, speech_model
 
 def test_a_failing_stage_names_itself_and_its_log(demo, tmp_path):
     output_dir = tmp_path / "demo_output"
-    for part in ("data", "pretrain", "demo_state.json"):
-        source = demo / part
-        (shutil.copytree if source.is_dir() else shutil.copyfile)(source, output_dir / part)
+    for part in ("data", "pretrain"):
+        shutil.copytree(demo / part, output_dir / part)
     result = run_demo(output_dir, "--finetune_args=--no_such_flag")
     assert result.returncode == 1
     log = output_dir / "logs" / "finetune-music-seed0.log"
     assert "stage 'finetune music-seed0' failed with exit code" in result.stderr
     assert str(log) in result.stderr and "--no_such_flag" in result.stderr
     assert "--no_such_flag" in log.read_text()
+
+
+def test_resuming_with_other_settings_is_refused(demo):
+    before = (demo / "demo_state.json").read_text()
+    result = run_demo(demo, "--pretrain_steps", "13")
+    assert result.returncode == 1
+    assert "other settings" in result.stderr and "pretrain_steps 12 -> 13" in result.stderr
+    assert "--fresh" in result.stderr
+    assert (demo / "demo_state.json").read_text() == before
 
 
 @pytest.mark.parametrize("flag", ["--nsynth_dir", "--musicnet_dir", "--speech_model"])
