@@ -237,29 +237,37 @@ class Demo:
     def pretrain_dir(self) -> Path:
         return self.out / "pretrain"
 
-    def pretrain(self) -> None:
+    def pretrain_arguments(self) -> list[str]:
+        """training/pretrain.py's arguments: the recipe's, then the user's `--pretrain_args` (which win)."""
         steps = self.args.pretrain_steps or self.recipe.pretrain_steps
-        script_args = ["--musicnet_dir", str(self.musicnet_dir), "--output_dir", str(self.pretrain_dir),
-                       "--cache_dir", str(self.out / "cache"), "--seed", str(self.args.pretrain_seed),
-                       "--resume_from_checkpoint", "latest", *self.recipe.pretrain,
-                       *(["--max_train_steps", str(steps)] if steps else []), *shlex.split(self.args.pretrain_args)]
-        run_logged(launch_command(self.training_dir / "pretrain.py", script_args, self.args.accelerate_config),
+        return ["--musicnet_dir", str(self.musicnet_dir), "--output_dir", str(self.pretrain_dir),
+                "--cache_dir", str(self.out / "cache"), "--seed", str(self.args.pretrain_seed),
+                "--resume_from_checkpoint", "latest", *self.recipe.pretrain,
+                *(["--max_train_steps", str(steps)] if steps else []), *shlex.split(self.args.pretrain_args)]
+
+    def pretrain(self) -> None:
+        run_logged(launch_command(self.training_dir / "pretrain.py", self.pretrain_arguments(),
+                                  self.args.accelerate_config),
                    self.out / "logs" / "pretrain.log", "pretrain", not self.args.quiet)
 
     # Stage 3: fine-tuning.
     def run_dir(self, init: str, seed: int) -> Path:
         return self.out / "finetune" / f"{RUN_NAMES[init]}-seed{seed}"
 
-    def finetune(self, init: str, seed: int) -> None:
+    def finetune_arguments(self, init: str, seed: int) -> list[str]:
+        """training/finetune.py's arguments for one run: identical for every init but the starting weights."""
         model = {MUSIC: self.pretrain_dir, RANDOM: self.pretrain_dir, SPEECH: self.args.speech_model}[init]
         epochs = self.args.finetune_epochs or self.recipe.finetune_epochs
-        script_args = ["--model_name_or_path", str(model), "--nsynth_dir", str(self.nsynth_dir),
-                       "--output_dir", str(self.run_dir(init, seed)), "--cache_dir", str(self.out / "cache"),
-                       "--seed", str(seed), "--num_train_epochs", str(epochs), "--resume_from_checkpoint", "latest",
-                       *(["--random_init"] if init == RANDOM else []), *self.recipe.finetune,
-                       *shlex.split(self.args.finetune_args)]
+        return ["--model_name_or_path", str(model), "--nsynth_dir", str(self.nsynth_dir),
+                "--output_dir", str(self.run_dir(init, seed)), "--cache_dir", str(self.out / "cache"),
+                "--seed", str(seed), "--num_train_epochs", str(epochs), "--resume_from_checkpoint", "latest",
+                *(["--random_init"] if init == RANDOM else []), *self.recipe.finetune,
+                *shlex.split(self.args.finetune_args)]
+
+    def finetune(self, init: str, seed: int) -> None:
         name = self.run_dir(init, seed).name
-        run_logged(launch_command(self.training_dir / "finetune.py", script_args, self.args.accelerate_config),
+        run_logged(launch_command(self.training_dir / "finetune.py", self.finetune_arguments(init, seed),
+                                  self.args.accelerate_config),
                    self.out / "logs" / f"finetune-{name}.log", f"finetune {name}", not self.args.quiet)
 
     # Stage 4: codebook analysis.
@@ -409,7 +417,9 @@ def render_report(demo: Demo, summary: dict, results: dict, pretrain_config: dic
         "",
         report.accuracy_table(rows, summary["chance"]),
         "",
-        "Mean ± sample standard deviation over seeds.",
+        "Mean ± sample standard deviation over seeds." + (
+            f" Only {len(args.seeds)} seed(s): too few for the spread to mean much (3 or more are advised)."
+            if len(args.seeds) < 3 else ""),
         "",
         *comparisons,
         "",

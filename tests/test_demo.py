@@ -98,6 +98,7 @@ def test_report_table_is_the_runs_test_accuracy(demo):
         assert cells[4] == ", ".join(f"{v:.3f}" for v in pitch)
         assert cells[5] == ", ".join(f"{v:.3f}" for v in family)
     assert "most frequent test class" in report
+    assert "Only 2 seed(s): too few" in report
     assert re.search(r"\*\*pitch\*\*: music-pretrained [0-9.]+ vs random init [0-9.]+ \([+-][0-9.]+ points\)", report)
 
 
@@ -213,3 +214,46 @@ def test_readme_demo_commands_parse():
     for command in commands:
         args = build_parser().parse_args(["demo", *shlex.split(command)])
         assert args.recipe in ("mini", "paper")
+
+
+def script_parser(name: str):
+    """The argument parser of training/NAME.py, imported from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"training_{name}", REPO / "training" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.parse_args
+
+
+def planned_demo(tmp_path, *flags: str):
+    from hf_music_w2v.cli import build_parser
+    from hf_music_w2v.demo import Demo
+
+    args = build_parser().parse_args(["demo", "--output_dir", str(tmp_path / "out"), *flags])
+    return Demo(args)
+
+
+def test_paper_recipe_runs_the_scripts_with_the_papers_defaults(tmp_path):
+    demo = planned_demo(tmp_path, "--recipe", "paper")
+    pretrain = script_parser("pretrain")(demo.pretrain_arguments())
+    assert pretrain.config_name is None  # wav2vec2-base
+    assert (pretrain.segment_seconds, pretrain.hop_seconds, pretrain.learning_rate) == (20.0, 10.0, 5e-4)
+    assert (pretrain.mask_time_prob, pretrain.num_negatives, pretrain.warmup_steps) == (0.65, 100, 32_000)
+    assert pretrain.resume_from_checkpoint == "latest"
+    finetune = script_parser("finetune")(demo.finetune_arguments("random init", 2))
+    assert finetune.random_init and finetune.seed == 2 and finetune.num_train_epochs == 10
+    assert finetune.model_name_or_path == str(demo.pretrain_dir)
+
+
+def test_mini_recipe_and_user_arguments_reach_the_scripts(tmp_path):
+    demo = planned_demo(tmp_path, "--pretrain_args=--learning_rate 3e-4", "--finetune_args=--freeze_base_model",
+                        "--pretrain_steps", "50")
+    pretrain = script_parser("pretrain")(demo.pretrain_arguments())
+    assert pretrain.config_name.endswith("wav2vec2-small.json") and pretrain.segment_seconds == 4.0
+    assert pretrain.learning_rate == 3e-4 and pretrain.max_train_steps == 50
+    music = script_parser("finetune")(demo.finetune_arguments("music-pretrained", 0))
+    random = script_parser("finetune")(demo.finetune_arguments("random init", 0))
+    assert music.freeze_base_model and not music.random_init and random.random_init
+    differing = {k for k in vars(music) if getattr(music, k) != getattr(random, k)}
+    assert differing == {"random_init", "output_dir"}
