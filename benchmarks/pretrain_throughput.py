@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/pretrain_throughput.py                       # CPU: the small demo config
     .venv/bin/python benchmarks/pretrain_throughput.py --config base --batch_size 8 --crop_seconds 15.6   # GPU
+    .venv/bin/python benchmarks/pretrain_throughput.py --interleaved --steps 60   # CPU, one process, alternated
 
 Each variant runs in a fresh process on synthetic audio (the data pipeline has its own benchmark), so model
 FLOPs and memory are what is measured:
@@ -122,6 +123,56 @@ def measure(variant: str, args) -> dict:
     return result
 
 
+def interleaved(args) -> None:
+    """Both variants in one process, their updates alternated: per-update medians without process-to-process noise.
+
+    Peak memory cannot be told apart this way, so this mode reports time only.
+    """
+    import statistics
+
+    from accelerate import Accelerator
+    from transformers import Wav2Vec2ForPreTraining
+
+    from hf_music_w2v.pretraining import pretraining_batch, pretraining_update
+
+    config = load_config(args.config)
+    config.num_negatives = args.num_negatives
+    crop = round(args.crop_seconds * SAMPLING_RATE)
+    torch.manual_seed(0)
+    audio = torch.randn(args.batch_size, crop)
+    accelerator = Accelerator(mixed_precision="no", cpu=True)
+    models, optimizers = {}, {}
+    for variant in ("baseline", "ours"):
+        torch.manual_seed(0)
+        models[variant] = Wav2Vec2ForPreTraining(config).train()
+        models[variant].set_gumbel_temperature(2.0)
+        optimizers[variant] = torch.optim.AdamW(models[variant].parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6)
+    models["ours"], optimizers["ours"] = accelerator.prepare(models["ours"], optimizers["ours"])
+
+    def step(variant: str, index: int) -> None:
+        if variant == "ours":
+            batch = pretraining_batch(audio, [(0, index, i) for i in range(args.batch_size)], config)
+            pretraining_update(accelerator, models["ours"], optimizers["ours"], [batch], 25.0)
+        else:
+            baseline_step(models["baseline"], optimizers["baseline"], audio, config, "cpu")
+
+    seconds = {"baseline": [], "ours": []}
+    for index in range(args.warmup + args.steps):
+        for variant in seconds:
+            start = time.perf_counter()
+            step(variant, index)
+            if index >= args.warmup:
+                seconds[variant].append(time.perf_counter() - start)
+    print(f"config {args.config}, batch {args.batch_size} x {args.crop_seconds} s, {args.num_negatives} negatives, "
+          f"{args.steps} alternated updates per variant after {args.warmup}, one process, device cpu")
+    base = statistics.median(seconds["baseline"])
+    for variant, values in seconds.items():
+        median = statistics.median(values)
+        print(f"{variant:<10} median {median * 1e3:7.1f} ms/update  {args.batch_size * args.crop_seconds / median:7.1f} "
+              f"audio s/s  {base / median:5.2f}x")
+    print("command: " + " ".join([Path(sys.executable).name, "benchmarks/pretrain_throughput.py", *sys.argv[1:]]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="small", help="small (training/configs), base, or a config path")
@@ -133,8 +184,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternate the variants this many times and report each one's median (noisy machines)")
     parser.add_argument("--compile", action="store_true", help="also measure ours under torch.compile")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="CPU: both variants in one process, updates alternated (time only, no memory)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.interleaved:
+        interleaved(args)
+        return
     if args.measure:
         print(json.dumps(measure(args.measure, args)))
         return
