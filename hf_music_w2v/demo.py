@@ -205,7 +205,7 @@ class Demo:
     def stage(self, name: str, done: bool, work) -> None:
         """Run `work()` unless `done`, timing it into the demo state."""
         if done:
-            self.say(f"{name}: already done, skipped ({self.out / 'demo_state.json'} keeps its time)")
+            self.say(f"{name}: already done, skipped")
             return
         self.say(f"{name} ...")
         start = time.perf_counter()
