@@ -29,6 +29,10 @@ def run_demo(args: argparse.Namespace) -> int:
     except DemoError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to resume (finished stages are kept, training runs "
+              f"continue from their latest checkpoint in {args.output_dir})", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -133,12 +133,20 @@ def run_logged(command: list[str], log_path: Path, stage: str, echo: bool) -> No
         log.write(f"$ {shlex.join(command)}\n".encode())
         log.flush()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        for chunk in iter(lambda: process.stdout.read1(1 << 16), b""):
-            log.write(chunk)
-            log.flush()
-            if echo:
-                sys.stderr.buffer.write(chunk)
-                sys.stderr.flush()
+        try:
+            for chunk in iter(lambda: process.stdout.read1(1 << 16), b""):
+                log.write(chunk)
+                log.flush()
+                if echo:
+                    sys.stderr.buffer.write(chunk)
+                    sys.stderr.flush()
+        except KeyboardInterrupt:
+            # Ctrl-C reaches the whole process group; give the run the time to leave, then make sure it has.
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            raise
         code = process.wait()
     if code != 0:
         lines = log_path.read_bytes().decode(errors="replace").replace("\r", "\n").splitlines()
@@ -202,17 +210,17 @@ class Demo:
         self.stream.write(f"==> {message}\n")
         self.stream.flush()
 
-    def stage(self, name: str, done: bool, work) -> None:
-        """Run `work()` unless `done`, timing it into the demo state."""
+    def stage(self, title: str, done: bool, work, key: str) -> None:
+        """Run `work()` unless `done`, timing it into the demo state under `key`."""
         if done:
-            self.say(f"{name}: already done, skipped")
+            self.say(f"{title}: already done, skipped")
             return
-        self.say(f"{name} ...")
+        self.say(f"{title} ...")
         start = time.perf_counter()
         work()
-        self.state.seconds[name] = time.perf_counter() - start
+        self.state.seconds[key] = time.perf_counter() - start
         self.state.write(self.state_path)
-        self.say(f"{name}: done in {self.state.seconds[name] / 60:.1f} min")
+        self.say(f"{title}: done in {self.state.seconds[key] / 60:.1f} min")
 
     # Stage 1: data.
     def render_data(self) -> None:
@@ -311,6 +319,18 @@ class Demo:
                 shutil.copytree(run / "widget" / head, staging / f"widget-{head.replace('_', '-')}")
             write_text_atomic(staging / "SOURCE", f"{run}\n")
 
+    def stages(self) -> list[tuple[str, bool, object]]:
+        """(name, already done, work) for every stage, in order."""
+        stages = [("data", self.data_ready(), self.render_data),
+                  ("pretrain", (self.pretrain_dir / "pretrain_results.json").is_file(), self.pretrain)]
+        for init in self.inits:
+            for seed in self.args.seeds:
+                run = self.run_dir(init, seed)
+                stages.append((f"finetune {run.name}", (run / "all_results.json").is_file(),
+                               lambda init=init, seed=seed: self.finetune(init, seed)))
+        return stages + [("codebook", False, self.codebook), ("hub", False, self.package),
+                         ("report", False, self.report)]
+
     def run(self) -> Path:
         if self.args.fresh and self.out.exists():
             shutil.rmtree(self.out)
@@ -318,16 +338,9 @@ class Demo:
         self.state.settings = self.settings
         self.state.write(self.state_path)
         start = time.perf_counter()
-        self.stage("data", self.data_ready(), self.render_data)
-        self.stage("pretrain", (self.pretrain_dir / "pretrain_results.json").is_file(), self.pretrain)
-        for init in self.inits:
-            for seed in self.args.seeds:
-                run = self.run_dir(init, seed)
-                self.stage(f"finetune {run.name}", (run / "all_results.json").is_file(),
-                           lambda init=init, seed=seed: self.finetune(init, seed))
-        self.stage("codebook", False, self.codebook)
-        self.stage("hub", False, self.package)
-        self.stage("report", False, self.report)
+        stages = self.stages()
+        for number, (name, done, work) in enumerate(stages, 1):
+            self.stage(f"[{number}/{len(stages)}] {name}", done, work, key=name)
         self.say(f"finished in {(time.perf_counter() - start) / 60:.1f} min; report: {self.out / 'REPORT.md'}")
         return self.out / "REPORT.md"
 

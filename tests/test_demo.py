@@ -161,10 +161,10 @@ def test_rerun_skips_finished_stages_and_redoes_a_missing_one(demo, speech_model
     kept = (demo / "finetune" / "music-seed0" / "all_results.json").stat().st_mtime_ns
     result = run_demo(demo, "--speech_model", str(speech_model))
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "data: already done, skipped" in result.stderr
-    assert "pretrain: already done, skipped" in result.stderr
-    assert "finetune music-seed0: already done, skipped" in result.stderr
-    assert "finetune random-seed1 ..." in result.stderr and "finetune random-seed1: done" in result.stderr
+    assert "[1/11] data: already done, skipped" in result.stderr
+    assert "[2/11] pretrain: already done, skipped" in result.stderr
+    assert "[3/11] finetune music-seed0: already done, skipped" in result.stderr
+    assert "[6/11] finetune random-seed1 ..." in result.stderr and "[6/11] finetune random-seed1: done" in result.stderr
     assert (demo / "finetune" / "random-seed1" / "all_results.json").is_file()
     assert (demo / "finetune" / "music-seed0" / "all_results.json").stat().st_mtime_ns == kept
 
@@ -257,3 +257,24 @@ def test_mini_recipe_and_user_arguments_reach_the_scripts(tmp_path):
     assert music.freeze_base_model and not music.random_init and random.random_init
     differing = {k for k in vars(music) if getattr(music, k) != getattr(random, k)}
     assert differing == {"random_init", "output_dir"}
+
+
+def test_ctrl_c_stops_the_run_and_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    output_dir = tmp_path / "demo_output"
+    process = subprocess.Popen(demo_command(output_dir, "--pretrain_steps", "400"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+    log = output_dir / "logs" / "pretrain.log"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and "pretraining:" in log.read_text(errors="replace")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "interrupted: run the same command again to resume" in stderr
+    assert not (output_dir / "pretrain" / "pretrain_results.json").exists()
+    assert json.loads((output_dir / "demo_state.json").read_text())["settings"]["pretrain_steps"] == 400
