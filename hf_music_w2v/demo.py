@@ -381,6 +381,14 @@ def machine_description() -> str:
             f"torch {torch.__version__}, Python {platform.python_version()}")
 
 
+def test_set_caveat(rows: list[dict], test_notes: int) -> str:
+    """The size of the test set in accuracy points: seeds vary the training, not which notes are tested."""
+    p = rows[0]["pitch"]["mean"]
+    return (f"The seeds vary training only; all runs are scored on the same {test_notes} test notes, so one note "
+            f"is {100 / test_notes:.1f} points, and the binomial standard error of an accuracy near {p:.2f} is "
+            f"{np.sqrt(p * (1 - p) / test_notes):.3f}.")
+
+
 def render_report(demo: Demo, summary: dict, results: dict, pretrain_config: dict, best: Path) -> str:
     from . import report
 
@@ -433,6 +441,8 @@ def render_report(demo: Demo, summary: dict, results: dict, pretrain_config: dic
         "Mean ± sample standard deviation over seeds." + (
             f" Only {len(args.seeds)} seed(s): too few for the spread to mean much (3 or more are advised)."
             if len(args.seeds) < 3 else ""),
+        "",
+        test_set_caveat(rows, first["test_notes"]),
         "",
         *comparisons,
         "",

@@ -99,6 +99,7 @@ def test_report_table_is_the_runs_test_accuracy(demo):
         assert cells[5] == ", ".join(f"{v:.3f}" for v in family)
     assert "most frequent test class" in report
     assert "Only 2 seed(s): too few" in report
+    assert "same 22 test notes, so one note is 4.5 points" in report
     assert re.search(r"\*\*pitch\*\*: music-pretrained [0-9.]+ vs random init [0-9.]+ \([+-][0-9.]+ points\)", report)
 
 
