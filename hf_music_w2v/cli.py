@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo", help="pretrain on MusicNet, fine-tune on NSynth from music-pretrained and random weights, report",
-        description=demo_doc())
+        description=demo_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_arguments(demo)
     demo.set_defaults(handler=run_demo)
 
