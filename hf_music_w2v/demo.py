@@ -507,7 +507,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra training/finetune.py arguments in one string: --finetune_args=--freeze_base_model")
     parser.add_argument("--accelerate_config", default=None,
                         help="accelerate config for every training run (default: one local process)")
-    parser.add_argument("--pretrain_seed", type=int, default=0)
+    parser.add_argument("--pretrain_seed", type=int, default=0,
+                        help="pretraining seed; it also draws the random network the codebook is compared with")
     parser.add_argument("--data_seed", type=int, default=0, help="seed of the rendered mini datasets")
     parser.add_argument("--notes_per_instrument", type=int, default=6, help="mini-NSynth notes per instrument")
     parser.add_argument("--musicnet_seconds", type=float, default=120.0,
