@@ -126,13 +126,21 @@ def launch_command(script: Path, script_args: list[str], accelerate_config: str 
     return command + [str(script), *script_args]
 
 
+def launch_environment() -> dict[str, str]:
+    """The training runs' environment: on a machine without GPUs, multi-process configs must use the CPU backend."""
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("ACCELERATE_USE_CPU", "true")
+    return env
+
+
 def run_logged(command: list[str], log_path: Path, stage: str, echo: bool) -> None:
     """Run `command`, appending its output to `log_path` (and to stderr with `echo`); raise DemoError on failure."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         log.write(f"$ {shlex.join(command)}\n".encode())
         log.flush()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=launch_environment())
         try:
             for chunk in iter(lambda: process.stdout.read1(1 << 16), b""):
                 log.write(chunk)

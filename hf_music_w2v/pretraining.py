@@ -276,6 +276,21 @@ class TrainerState:
         return cls(**json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text()))
 
 
+def check_launch(accelerator) -> None:
+    """Refuse to run when the launcher started more processes than accelerate joined into one job.
+
+    On a CPU-only machine a multi-process accelerate config that goes through torchrun (MULTI_GPU) without
+    ACCELERATE_USE_CPU=true leaves every process alone in a job of one: each would train on all the data and
+    write the same output folder, racing the others.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise SystemExit(
+            f"error: the launcher started {launched} processes but accelerate set up a job of "
+            f"{accelerator.num_processes}, so each would train alone and overwrite the others' output. On a "
+            "machine without GPUs set ACCELERATE_USE_CPU=true for a multi-process launch (README, 'Pretraining').")
+
+
 def checkpoint_path(output_dir: str | os.PathLike, step: int) -> Path:
     return Path(output_dir) / CHECKPOINTS_DIR / f"step_{step:08d}"
 

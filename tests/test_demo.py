@@ -279,3 +279,18 @@ def test_ctrl_c_stops_the_run_and_says_how_to_resume(tmp_path):
     assert "interrupted: run the same command again to resume" in stderr
     assert not (output_dir / "pretrain" / "pretrain_results.json").exists()
     assert json.loads((output_dir / "demo_state.json").read_text())["settings"]["pretrain_steps"] == 400
+
+
+def test_training_runs_are_launched_for_this_machine(monkeypatch):
+    from hf_music_w2v import demo as demo_module
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setattr(demo_module.torch.cuda, "is_available", lambda: False)
+    config = str(REPO / "training" / "accelerate_configs" / "cpu_2proc.yaml")
+    command = demo_module.launch_command(Path("train.py"), ["--x"], config)
+    assert command[1:5] == ["-m", "accelerate.commands.launch", "--config_file", config]
+    assert command[-2:] == ["train.py", "--x"]
+    # A multi-process config goes through torchrun, which joins CPU processes only with ACCELERATE_USE_CPU.
+    assert demo_module.launch_environment()["ACCELERATE_USE_CPU"] == "true"
+    single = demo_module.launch_command(Path("train.py"), [], None)
+    assert "--cpu" in single and single[single.index("--num_processes") + 1] == "1"

@@ -301,3 +301,21 @@ def test_accelerate_launch_two_process_streaming_run_with_layerdrop(tmp_path, mi
     checkpoint = list_checkpoints(tmp_path / "out")[-1]
     assert {p.name for p in checkpoint.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
     assert [m["step"] for m in read_metrics(tmp_path / "out")] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("script", ["pretrain.py", "finetune.py"])
+def test_a_multi_process_launch_that_accelerate_does_not_join_is_refused(tmp_path, script):
+    # Without ACCELERATE_USE_CPU on a machine without GPUs, accelerate leaves each torchrun process alone; each
+    # would then train on everything and overwrite the same output folder.
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine accelerate joins the processes")
+    env = {k: v for k, v in script_env().items() if k != "ACCELERATE_USE_CPU"}
+    data = ["--musicnet_dir", str(tmp_path)] if script == "pretrain.py" else \
+        ["--nsynth_dir", str(tmp_path), "--model_name_or_path", "preset:wav2vec2-base"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "training" / script), *data, "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "the launcher started 2 processes but accelerate set up a job of 1" in result.stderr
+    assert "ACCELERATE_USE_CPU=true" in result.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()

@@ -54,6 +54,7 @@ from hf_music_w2v.pretraining import (
     NonFiniteGuard,
     TrainingDiverged,
     UpdateBatchSampler,
+    check_launch,
     reset_metrics_log,
     restore_checkpoint,
     save_checkpoint,
@@ -165,6 +166,7 @@ def main(argv=None) -> int:
         kwargs_handlers=[DistributedDataParallelKwargs(
             find_unused_parameters=config.layerdrop > 0 and not args.freeze_base_model)],
     )
+    check_launch(accelerator)
     accelerator.print(f"fine-tuning on {accelerator.num_processes} process(es), device {accelerator.device}, "
                       f"mixed precision {accelerator.mixed_precision}")
 

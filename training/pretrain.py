@@ -32,6 +32,7 @@ from hf_music_w2v.pretraining import (
     TrainerState,
     TrainingDiverged,
     UpdateBatchSampler,
+    check_launch,
     feature_grad_multiplier,
     gumbel_temperature,
     pretraining_batch,
@@ -155,6 +156,7 @@ def main(argv=None) -> int:
         # layerdrop skips whole layers, whose parameters then get no gradient; DDP must be told to expect that.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.layerdrop > 0)],
     )
+    check_launch(accelerator)
     accelerator.print(f"pretraining on {accelerator.num_processes} process(es), device {accelerator.device}, "
                       f"mixed precision {accelerator.mixed_precision}")
 
