@@ -265,8 +265,11 @@ def test_ctrl_c_stops_the_run_and_says_how_to_resume(tmp_path):
     import time
 
     output_dir = tmp_path / "demo_output"
+    # A shell's background jobs (CI runners among them) inherit SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the demo the disposition a terminal gives it.
     process = subprocess.Popen(demo_command(output_dir, "--pretrain_steps", "400"), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                                env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
     log = output_dir / "logs" / "pretrain.log"
     deadline = time.monotonic() + 300
