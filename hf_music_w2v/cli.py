@@ -16,14 +16,13 @@ import torch
 from transformers import AutoFeatureExtractor, AutoModel
 from transformers.utils import logging
 
-from .demo import add_demo_arguments
+from . import demo as demo_module
+from .demo import Demo, DemoError, add_demo_arguments
 from .modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification
 
 logger = logging.get_logger(__name__)
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .demo import Demo, DemoError
-
     try:
         Demo(args).run()
     except DemoError as error:
@@ -146,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo", help="pretrain on MusicNet, fine-tune on NSynth from music-pretrained and random weights, report",
-        description=demo_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=demo_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_arguments(demo)
     demo.set_defaults(handler=run_demo)
 
@@ -176,12 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--output", required=True, help="the .npz to write (embeddings, files, layer)")
     embed.set_defaults(handler=run_embed)
     return parser
-
-
-def demo_doc() -> str:
-    from . import demo
-
-    return demo.__doc__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import Wav2Vec2ForPreTraining
 
+from .finetuning import fixed_length
 from .pretraining import normalize_audio
 
 HOP_SAMPLES = 320  # wav2vec2's conv encoder advances 20 ms per frame at 16 kHz
@@ -108,8 +109,6 @@ class CodebookAnalysis:
 def analyse_codebook(model: Wav2Vec2ForPreTraining, notes: Iterable[dict], batch_size: int = 16,
                      device: str | torch.device = "cpu") -> CodebookAnalysis:
     """Code ids of the sounding frames of `notes` (rows with 16 kHz `audio`, `pitch`, `instrument_family`)."""
-    from .finetuning import fixed_length
-
     model = model.to(device).eval()
     codes, pitch, family, note_index = [], [], [], []
     batch: list[dict] = []

@@ -234,19 +234,20 @@ class Demo:
     def render_data(self) -> None:
         from .data.mini import make_mini_musicnet, make_mini_nsynth
 
-        if not self.args.musicnet_dir and not (self.musicnet_dir / "musicnet_metadata.csv").is_file():
+        if not self.musicnet_ready():
             with staged_directory(self.musicnet_dir) as staging:
                 make_mini_musicnet(staging, seed=self.args.data_seed, seconds=self.args.musicnet_seconds)
-        if not self.args.nsynth_dir and not (self.nsynth_dir / "nsynth-test" / "examples.json").is_file():
+        if not self.nsynth_ready():
             with staged_directory(self.nsynth_dir) as staging:
                 make_mini_nsynth(staging, seed=self.args.data_seed, pitches=PITCH_GRID,
                                  notes_per_instrument=self.args.notes_per_instrument)
 
-    def data_ready(self) -> bool:
-        """Datasets given by path were checked up front; rendered ones are ready once their last file is."""
-        musicnet = bool(self.args.musicnet_dir) or (self.musicnet_dir / "musicnet_metadata.csv").is_file()
-        nsynth = bool(self.args.nsynth_dir) or (self.nsynth_dir / "nsynth-test" / "examples.json").is_file()
-        return musicnet and nsynth
+    # Datasets given by path were checked up front; rendered ones are ready once their folder was published.
+    def musicnet_ready(self) -> bool:
+        return bool(self.args.musicnet_dir) or (self.musicnet_dir / "musicnet_metadata.csv").is_file()
+
+    def nsynth_ready(self) -> bool:
+        return bool(self.args.nsynth_dir) or (self.nsynth_dir / "nsynth-test" / "examples.json").is_file()
 
     # Stage 2: pretraining.
     @property
@@ -325,11 +326,10 @@ class Demo:
             shutil.copytree(run, staging / "model", ignore=skip)
             for head in ("pitch", "instrument_family"):
                 shutil.copytree(run / "widget" / head, staging / f"widget-{head.replace('_', '-')}")
-            write_text_atomic(staging / "SOURCE", f"{run}\n")
 
     def stages(self) -> list[tuple[str, bool, object]]:
         """(name, already done, work) for every stage, in order."""
-        stages = [("data", self.data_ready(), self.render_data),
+        stages = [("data", self.musicnet_ready() and self.nsynth_ready(), self.render_data),
                   ("pretrain", (self.pretrain_dir / "pretrain_results.json").is_file(), self.pretrain)]
         for init in self.inits:
             for seed in self.args.seeds:
@@ -368,7 +368,7 @@ class Demo:
                           for s in self.args.seeds] for init in self.inits}
         codebook = json.loads((self.out / "codebook.json").read_text())
         report.plot_codebook(codebook, figures / "codebook_nmi.png")
-        best = Path((self.out / "hub" / "SOURCE").read_text().strip())
+        best = self.best_music_run()
         shutil.copyfile(best / "confusion_matrix.png", figures / "confusion_matrix.png")
 
         test = load_nsynth(self.nsynth_dir, "test", cache_dir=self.out / "cache")

@@ -119,7 +119,8 @@ def accuracy_rows(results: dict[str, list[dict]]) -> list[dict]:
         row = {"init": label, "seeds": len(runs)}
         for head, key in HEAD_KEYS.items():
             values = [run[key] for run in runs]
-            row[head] = {"mean": mean_and_spread(values)[0], "std": mean_and_spread(values)[1], "values": values}
+            mean, std = mean_and_spread(values)
+            row[head] = {"mean": mean, "std": std, "values": values}
         rows.append(row)
     return rows
 
