@@ -34,15 +34,15 @@ def main() -> None:
 
     import hf_music_w2v
     from hf_music_w2v.audio import harmonic_note
-    from hf_music_w2v.demo import DEMO_BACKBONE
     from hf_music_w2v.inference import AudioRunner, class_probabilities
+    from hf_music_w2v.presets import preset_overrides
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = args.model
         if model_dir is None:
             torch.manual_seed(0)
-            model = hf_music_w2v.Wav2Vec2ForMusicClassification(hf_music_w2v.MusicWav2Vec2Config(**DEMO_BACKBONE))
+            model = hf_music_w2v.Wav2Vec2ForMusicClassification(hf_music_w2v.MusicWav2Vec2Config(**preset_overrides("wav2vec2-small")))
             model_dir = hf_music_w2v.save_pretrained_atomic(model, tmp / "model")
         paths = []
         for index in range(args.files):

@@ -33,12 +33,10 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 def load_config(name: str):
     from transformers import Wav2Vec2Config
 
-    from hf_music_w2v import wav2vec2_base_config
+    from hf_music_w2v.presets import preset_config
 
-    if name == "base":
-        return wav2vec2_base_config()
-    if name == "small":
-        return Wav2Vec2Config.from_pretrained(REPO / "training" / "configs" / "wav2vec2-small.json")
+    if name in ("base", "small"):
+        return preset_config(f"wav2vec2-{name}")
     return Wav2Vec2Config.from_pretrained(name)
 
 
@@ -69,7 +67,7 @@ def measure(variant: str, args) -> dict:
     from accelerate import Accelerator
     from transformers import Wav2Vec2ForPreTraining
 
-    from hf_music_w2v.pretraining import pretraining_batch, pretraining_update
+    from hf_music_w2v.training.pretrain import pretraining_batch, pretraining_update
 
     config = load_config(args.config)
     config.num_negatives = args.num_negatives
@@ -133,7 +131,7 @@ def interleaved(args) -> None:
     from accelerate import Accelerator
     from transformers import Wav2Vec2ForPreTraining
 
-    from hf_music_w2v.pretraining import pretraining_batch, pretraining_update
+    from hf_music_w2v.training.pretrain import pretraining_batch, pretraining_update
 
     config = load_config(args.config)
     config.num_negatives = args.num_negatives
@@ -175,7 +173,7 @@ def interleaved(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="small", help="small (training/configs), base, or a config path")
+    parser.add_argument("--config", default="small", help="small (preset:wav2vec2-small), base, or a config path")
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--crop_seconds", type=float, default=4.0)
     parser.add_argument("--num_negatives", type=int, default=100)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/probe_cache.py                     # mini-NSynth, the demo's small backbone
     .venv/bin/python benchmarks/probe_cache.py --nsynth_dir data/nsynth --model facebook/wav2vec2-base --epochs 5
 
-Both variants run `training/finetune.py --freeze_base_model` as separate processes on the same data and model
+Both variants run `hf_music_w2v.training.finetune --freeze_base_model` as separate processes on the same data and model
 (the second with `--no_feature_cache`), and report its own timings from `all_results.json`: the one-off feature
 pass, the training loop, and the wall time of the whole run including evaluation. The trained heads agree
 (tests/test_finetuning.py checks that), so the ratio is the price of the audio passes alone.
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run(variant: str, args, model: str, random_init: bool, output_dir: Path) -> dict:
-    command = [sys.executable, str(REPO / "training" / "finetune.py"), "--model_name_or_path", model,
+    command = [sys.executable, "-m", "hf_music_w2v.training.finetune", "--model_name_or_path", model,
                "--nsynth_dir", str(args.nsynth_dir), "--output_dir", str(output_dir), "--freeze_base_model",
                "--num_train_epochs", str(args.epochs), "--per_device_train_batch_size", str(args.batch_size),
                "--report_to", "none", "--checkpointing_steps", "100000"]
@@ -55,11 +55,10 @@ def main() -> None:
             make_mini_nsynth(args.nsynth_dir, notes_per_instrument=8)
         model, random_init = args.model, False
         if model is None:
-            from hf_music_w2v import wav2vec2_base_config
-            from hf_music_w2v.demo import DEMO_BACKBONE
+            from hf_music_w2v.presets import preset_config
 
             model, random_init = str(tmp / "small"), True
-            wav2vec2_base_config(**DEMO_BACKBONE).save_pretrained(model)
+            preset_config("wav2vec2-small").save_pretrained(model)
         rows = [run(variant, args, model, random_init, tmp / variant) for variant in ("uncached", "cached")]
     for row in rows:
         per_epoch = (row["train_seconds"] + row["feature_seconds"]) / row["epochs"]

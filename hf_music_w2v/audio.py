@@ -1,6 +1,12 @@
-"""Small audio helpers shared by the CLI, the dataset generator and the tests."""
+"""Audio constants and helpers shared by the loaders, training, inference and the dataset renderer."""
 
 import numpy as np
+
+#: The rate every model of the package reads (wav2vec 2.0's).
+SAMPLING_RATE = 16_000
+#: NSynth's notes: 4 s at 16 kHz (held 3 s, released 1 s).
+NOTE_SAMPLES = 64_000
+REMAINDER_POLICIES = ("end_aligned", "pad", "drop")
 
 
 def midi_to_hz(pitch: float) -> float:
@@ -11,7 +17,7 @@ def midi_to_hz(pitch: float) -> float:
 def harmonic_note(
     pitch: int,
     seconds: float = 4.0,
-    sampling_rate: int = 16_000,
+    sampling_rate: int = SAMPLING_RATE,
     note_on_seconds: float = 3.0,
     harmonics: int = 6,
 ) -> np.ndarray:
@@ -43,3 +49,44 @@ def resample(audio: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
 
     resampled = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), orig_rate, new_rate)
     return resampled.numpy()
+
+
+def fixed_length(audio: np.ndarray, samples: int = NOTE_SAMPLES) -> np.ndarray:
+    """Cut or zero-pad a `[sample]` note to `samples` (NSynth notes are all 4 s; some copies are not)."""
+    if len(audio) >= samples:
+        return audio[:samples]
+    return np.pad(audio, (0, samples - len(audio)))
+
+
+def normalize_audio(audio):
+    """Zero mean and unit variance per example of a `[batch, sample]` tensor, as `Wav2Vec2FeatureExtractor` does."""
+    mean = audio.mean(dim=-1, keepdim=True)
+    var = audio.var(dim=-1, keepdim=True, unbiased=False)
+    return (audio - mean) / (var + 1e-7).sqrt()
+
+
+def check_window_options(segment: int, hop: int, remainder: str) -> None:
+    if remainder not in REMAINDER_POLICIES:
+        raise ValueError(f"remainder must be one of {REMAINDER_POLICIES}, got {remainder!r}")
+    if segment <= 0 or hop <= 0:
+        raise ValueError(f"segment and hop must be positive, got {segment} and {hop} samples")
+
+
+def window_starts(num_samples: int, segment: int, hop: int, remainder: str = "end_aligned") -> list[int]:
+    """Start samples of the windows cut from a recording of `num_samples` samples.
+
+    Windows start every `hop` samples while a whole `segment` fits. What is left at the end is covered by
+    one more window that ends with the recording ("end_aligned", the default: every sample is seen and no
+    window is padded), by a zero-padded window at the next hop ("pad"), or not at all ("drop"). A recording
+    shorter than one segment gives a single zero-padded window unless the policy is "drop".
+    """
+    check_window_options(segment, hop, remainder)
+    if num_samples <= segment:
+        return [] if num_samples == 0 or (num_samples < segment and remainder == "drop") else [0]
+    starts = list(range(0, num_samples - segment + 1, hop))
+    if starts[-1] + segment < num_samples:
+        if remainder == "end_aligned":
+            starts.append(num_samples - segment)
+        elif remainder == "pad":
+            starts.append(starts[-1] + hop)
+    return starts

@@ -1,6 +1,8 @@
 """`hf-music-w2v`: the package's command line.
 
     hf-music-w2v demo --output_dir demo_output
+    hf-music-w2v pretrain --musicnet_dir DIR --output_dir OUT [--recipe mini] [--num_processes N] [...]
+    hf-music-w2v finetune --model_name_or_path MODEL --nsynth_dir DIR --output_dir OUT [...]
     hf-music-w2v make-mini-datasets data/mini --seed 0
     hf-music-w2v predict MODEL note.wav song.flac [--top_k 3] [--json]
     hf-music-w2v embed MODEL *.wav --layer 6 --output embeddings.npz
@@ -19,6 +21,7 @@ from transformers.utils import logging
 from . import demo as demo_module
 from .demo import Demo, DemoError, add_demo_arguments
 from .modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification
+from .training.launch import PROGRAMS, launch
 
 logger = logging.get_logger(__name__)
 
@@ -89,7 +92,7 @@ def run_predict(args: argparse.Namespace) -> int:
             print(json.dumps({
                 "file": result.path, "seconds": round(result.seconds, 3), "windows": result.windows,
                 "pitch": [{"midi": i, "name": name, "probability": p} for i, name, p in pitches],
-                "instrument_family": [{"name": name, "probability": p} for _, name, p in families],
+                "instrument": [{"name": name, "probability": p} for _, name, p in families],
             }), flush=True)
         else:
             pitch_text = ", ".join(f"{name} (MIDI {i}) {p:.3f}" for i, name, p in pitches)
@@ -143,6 +146,9 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-music-w2v", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    for program, text in (("pretrain", "wav2vec 2.0 pretraining on MusicNet (see `hf-music-w2v pretrain --help`)"),
+                          ("finetune", "fine-tuning on NSynth pitch and instrument family (see `... finetune --help`)")):
+        commands.add_parser(program, help=text, add_help=False)
     demo = commands.add_parser(
         "demo", help="pretrain on MusicNet, fine-tune on NSynth from music-pretrained and random weights, report",
         description=demo_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PROGRAMS:
+        # The training programs parse their own (many) options; the launcher takes --accelerate_config and
+        # --num_processes first.
+        return launch(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     args.invocation = shlex.join(["hf-music-w2v", *argv])
     return args.handler(args)

@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from transformers import Wav2Vec2ForPreTraining
 
-from .finetuning import fixed_length
-from .pretraining import normalize_audio
+from .audio import fixed_length, normalize_audio
 
 HOP_SAMPLES = 320  # wav2vec2's conv encoder advances 20 ms per frame at 16 kHz
 

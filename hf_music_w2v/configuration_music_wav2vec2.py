@@ -6,8 +6,26 @@ installed, so it imports nothing but transformers.
 
 from typing import Any
 
+import transformers
 from transformers import Wav2Vec2Config
 from transformers.utils import logging
+
+#: The transformers releases this code runs on: 5.x (dataclass configs with `__post_init__`).
+SUPPORTED_TRANSFORMERS = (5, 6)
+
+
+def check_transformers_version(version: str = transformers.__version__) -> None:
+    """Stop with a clear message under a transformers release this file was not written for."""
+    major = int(version.split(".")[0])
+    low, high = SUPPORTED_TRANSFORMERS
+    if not low <= major < high:
+        raise ImportError(
+            f"music_wav2vec2 needs transformers>={low},<{high}; this environment has transformers {version}. "
+            f"Install a supported release: pip install 'transformers>={low},<{high}'"
+        )
+
+
+check_transformers_version()
 
 logger = logging.get_logger(__name__)
 
@@ -177,6 +195,8 @@ class MusicWav2Vec2Config(Wav2Vec2Config):
 
 __all__ = [
     "FINETUNE_MAX_MASK_TIME_PROB",
+    "SUPPORTED_TRANSFORMERS",
+    "check_transformers_version",
     "MusicWav2Vec2Config",
     "NSYNTH_INSTRUMENT_FAMILIES",
     "NUM_MIDI_PITCHES",

@@ -3,10 +3,11 @@
     hf-music-w2v demo --output_dir demo_output                      # miniature datasets rendered here, CPU
     hf-music-w2v demo --musicnet_dir M --nsynth_dir N --recipe paper --accelerate_config C   # the real thing
 
-Stages, each a real `accelerate launch` of the training scripts with its log in OUT/logs/:
+Stages, each training run a real `accelerate launch` of the package's programs (the recipe `--recipe` names,
+`recipes/{pretrain,finetune}-<recipe>.json`) with its log in OUT/logs/:
  1. data: render mini-MusicNet and mini-NSynth (skipped for datasets given by path);
- 2. pretrain: `training/pretrain.py` on MusicNet;
- 3. fine-tune: `training/finetune.py` from the music-pretrained model, from the same architecture with random
+ 2. pretrain: `hf-music-w2v pretrain` on MusicNet;
+ 3. fine-tune: `hf-music-w2v finetune` from the music-pretrained model, from the same architecture with random
     weights, and from a speech checkpoint when one is given, each with every seed and the same budget;
  4. codebook: NMI between the quantizer's code ids and pitch / family, music-pretrained vs random;
  5. hub: the best-on-valid music-pretrained run packaged for the Hub, with the widget models;
@@ -31,62 +32,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .hub import staged_directory, write_text_atomic
+from .atomic import staged_directory, write_text_atomic
+from .training.launch import launch_command, launch_environment
+from .training.layout import HEADS, RunLayout
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # C and G in every octave of the MIDI piano range: each mini instrument plays some of them, so the NSynth splits
 # share their pitches as the real ones do and pitch is learnable from a few notes per instrument.
 PITCH_GRID = tuple(p for p in range(21, 109) if p % 12 in (0, 7))
-# A wav2vec2 with the base model's conv strides (20 ms frames at 16 kHz) but narrow enough for a laptop CPU:
-# training/configs/wav2vec2-small.json is wav2vec2_base_config(**DEMO_BACKBONE) (a test keeps them equal).
-DEMO_BACKBONE = dict(
-    conv_dim=(64,) * 7,
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=128,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-    codevector_dim=32,
-    proj_codevector_dim=32,
-    num_codevectors_per_group=32,
-)
+#: The training recipes the demo can run (packaged `recipes/{pretrain,finetune}-<name>.json`).
+RECIPES = ("mini", "paper")
 
 MUSIC, RANDOM, SPEECH = "music-pretrained", "random init", "speech-pretrained"
 RUN_NAMES = {MUSIC: "music", RANDOM: "random", SPEECH: "speech"}
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Training arguments of one scale; `--pretrain_args` / `--finetune_args` are appended and so win."""
-
-    pretrain: tuple[str, ...]
-    finetune: tuple[str, ...]
-    pretrain_steps: int | None
-    finetune_epochs: int
-
-
-RECIPES = {
-    # A 0.16M-parameter wav2vec2 (training/configs/wav2vec2-small.json) on 4 s crops: on 2 CPU cores the
-    # contrastive loss leaves chance (ln 101) after ~150 updates, and 800 take ~4 minutes.
-    "mini": Recipe(
-        pretrain=("--config_name", str(REPO_ROOT / "training" / "configs" / "wav2vec2-small.json"),
-                  "--segment_seconds", "4", "--hop_seconds", "2", "--per_device_train_batch_size", "8",
-                  "--learning_rate", "1e-3", "--warmup_steps", "80", "--logging_steps", "10",
-                  "--checkpointing_steps", "200", "--checkpoints_total_limit", "1"),
-        finetune=("--per_device_train_batch_size", "8", "--learning_rate", "1e-4", "--head_learning_rate", "2e-3",
-                  "--logging_steps", "5", "--checkpoints_total_limit", "1"),
-        pretrain_steps=800,
-        finetune_epochs=15,
-    ),
-    # wav2vec2-base and the scripts' own defaults, which are the paper's (BASE recipe, 20 s windows, 10 s hop).
-    "paper": Recipe(
-        pretrain=("--logging_steps", "100", "--checkpointing_steps", "5000"),
-        finetune=("--logging_steps", "50"),
-        pretrain_steps=None,
-        finetune_epochs=10,
-    ),
-}
 
 
 class DemoError(RuntimeError):
@@ -111,27 +68,6 @@ class DemoState:
 
     def write(self, path: Path) -> None:
         write_text_atomic(path, json.dumps({"settings": self.settings, "seconds": self.seconds}, indent=2))
-
-
-def launch_command(script: Path, script_args: list[str], accelerate_config: str | None) -> list[str]:
-    """`accelerate launch` of `script` in this interpreter: the given config, or one local process."""
-    command = [sys.executable, "-m", "accelerate.commands.launch"]
-    if accelerate_config:
-        command += ["--config_file", accelerate_config]
-    else:
-        command += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-                    "--dynamo_backend", "no", "--num_cpu_threads_per_process", str(torch.get_num_threads())]
-        if not torch.cuda.is_available():
-            command.append("--cpu")
-    return command + [str(script), *script_args]
-
-
-def launch_environment() -> dict[str, str]:
-    """The training runs' environment: on a machine without GPUs, multi-process configs must use the CPU backend."""
-    env = dict(os.environ)
-    if not torch.cuda.is_available():
-        env.setdefault("ACCELERATE_USE_CPU", "true")
-    return env
 
 
 def run_logged(command: list[str], log_path: Path, stage: str, echo: bool) -> None:
@@ -168,13 +104,7 @@ class Demo:
     def __init__(self, args: argparse.Namespace, stream=None):
         self.args = args
         self.out = Path(args.output_dir).resolve()
-        self.recipe = RECIPES[args.recipe]
         self.stream = stream or sys.stderr
-        self.training_dir = Path(args.training_dir) if args.training_dir else REPO_ROOT / "training"
-        for script in ("pretrain.py", "finetune.py"):
-            if not (self.training_dir / script).is_file():
-                raise DemoError(f"{self.training_dir / script} not found: the demo launches the repository's "
-                                "training scripts; run it from a clone, or give --training_dir")
         self.state_path = self.out / "demo_state.json"
         self.state = DemoState() if args.fresh else DemoState.read(self.state_path)
         self.settings = {name: getattr(args, name) for name in SETTINGS}
@@ -255,16 +185,15 @@ class Demo:
         return self.out / "pretrain"
 
     def pretrain_arguments(self) -> list[str]:
-        """training/pretrain.py's arguments: the recipe's, then the user's `--pretrain_args` (which win)."""
-        steps = self.args.pretrain_steps or self.recipe.pretrain_steps
-        return ["--musicnet_dir", str(self.musicnet_dir), "--output_dir", str(self.pretrain_dir),
-                "--cache_dir", str(self.out / "cache"), "--seed", str(self.args.pretrain_seed),
-                "--resume_from_checkpoint", "latest", *self.recipe.pretrain,
+        """The pretraining program's arguments: the recipe, the demo's, then the user's `--pretrain_args` (which win)."""
+        steps = self.args.pretrain_steps
+        return ["--recipe", self.args.recipe, "--musicnet_dir", str(self.musicnet_dir),
+                "--output_dir", str(self.pretrain_dir), "--cache_dir", str(self.out / "cache"),
+                "--seed", str(self.args.pretrain_seed), "--resume_from_checkpoint", "latest",
                 *(["--max_train_steps", str(steps)] if steps else []), *shlex.split(self.args.pretrain_args)]
 
     def pretrain(self) -> None:
-        run_logged(launch_command(self.training_dir / "pretrain.py", self.pretrain_arguments(),
-                                  self.args.accelerate_config),
+        run_logged(launch_command("pretrain", self.pretrain_arguments(), self.args.accelerate_config),
                    self.out / "logs" / "pretrain.log", "pretrain", not self.args.quiet)
 
     # Stage 3: fine-tuning.
@@ -272,19 +201,18 @@ class Demo:
         return self.out / "finetune" / f"{RUN_NAMES[init]}-seed{seed}"
 
     def finetune_arguments(self, init: str, seed: int) -> list[str]:
-        """training/finetune.py's arguments for one run: identical for every init but the starting weights."""
+        """The fine-tuning program's arguments for one run: identical for every init but the starting weights."""
         model = {MUSIC: self.pretrain_dir, RANDOM: self.pretrain_dir, SPEECH: self.args.speech_model}[init]
-        epochs = self.args.finetune_epochs or self.recipe.finetune_epochs
-        return ["--model_name_or_path", str(model), "--nsynth_dir", str(self.nsynth_dir),
-                "--output_dir", str(self.run_dir(init, seed)), "--cache_dir", str(self.out / "cache"),
-                "--seed", str(seed), "--num_train_epochs", str(epochs), "--resume_from_checkpoint", "latest",
-                *(["--random_init"] if init == RANDOM else []), *self.recipe.finetune,
+        epochs = self.args.finetune_epochs
+        return ["--recipe", self.args.recipe, "--model_name_or_path", str(model), "--nsynth_dir",
+                str(self.nsynth_dir), "--output_dir", str(self.run_dir(init, seed)), "--cache_dir",
+                str(self.out / "cache"), "--seed", str(seed), "--resume_from_checkpoint", "latest",
+                *(["--num_train_epochs", str(epochs)] if epochs else []), *(["--random_init"] if init == RANDOM else []),
                 *shlex.split(self.args.finetune_args)]
 
     def finetune(self, init: str, seed: int) -> None:
         name = self.run_dir(init, seed).name
-        run_logged(launch_command(self.training_dir / "finetune.py", self.finetune_arguments(init, seed),
-                                  self.args.accelerate_config),
+        run_logged(launch_command("finetune", self.finetune_arguments(init, seed), self.args.accelerate_config),
                    self.out / "logs" / f"finetune-{name}.log", f"finetune {name}", not self.args.quiet)
 
     # Stage 4: codebook analysis.
@@ -302,7 +230,7 @@ class Demo:
             notes = notes.select(np.sort(chosen))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         music = Wav2Vec2ForPreTraining.from_pretrained(self.pretrain_dir)
-        # The same seed and config as training/pretrain.py: the very network pretraining started from.
+        # The same seed and config as the pretraining run: the very network pretraining started from.
         torch.manual_seed(self.args.pretrain_seed)
         models = {MUSIC: music, RANDOM: Wav2Vec2ForPreTraining(music.config)}
         if self.args.speech_model:
@@ -317,24 +245,25 @@ class Demo:
     # Stage 5: the Hub-ready folder.
     def best_music_run(self) -> Path:
         runs = [self.run_dir(MUSIC, seed) for seed in self.args.seeds]
-        return max(runs, key=lambda run: json.loads((run / "all_results.json").read_text())["valid_mean_accuracy"])
+        return max(runs, key=lambda run: RunLayout(run).read_results()["valid_mean_accuracy"])
 
     def package(self) -> None:
         run = self.best_music_run()
-        skip = shutil.ignore_patterns("checkpoints", "features", "best_model", "widget", ".*")
+        layout = RunLayout(run)
+        skip = shutil.ignore_patterns(*layout.WORKING_DIRS, ".*")
         with staged_directory(self.out / "hub") as staging:
             shutil.copytree(run, staging / "model", ignore=skip)
-            for head in ("pitch", "instrument_family"):
-                shutil.copytree(run / "widget" / head, staging / f"widget-{head.replace('_', '-')}")
+            for head in HEADS:
+                shutil.copytree(layout.widget / head, staging / f"widget-{head}")
 
     def stages(self) -> list[tuple[str, bool, object]]:
         """(name, already done, work) for every stage, in order."""
         stages = [("data", self.musicnet_ready() and self.nsynth_ready(), self.render_data),
-                  ("pretrain", (self.pretrain_dir / "pretrain_results.json").is_file(), self.pretrain)]
+                  ("pretrain", RunLayout(self.pretrain_dir).is_finished(), self.pretrain)]
         for init in self.inits:
             for seed in self.args.seeds:
                 run = self.run_dir(init, seed)
-                stages.append((f"finetune {run.name}", (run / "all_results.json").is_file(),
+                stages.append((f"finetune {run.name}", RunLayout(run).is_finished(),
                                lambda init=init, seed=seed: self.finetune(init, seed)))
         return stages + [("codebook", False, self.codebook), ("hub", False, self.package),
                          ("report", False, self.report)]
@@ -354,28 +283,29 @@ class Demo:
 
     # Stage 6: the report.
     def report(self) -> None:
-        from . import report
+        from . import plotting, report
         from .data import load_nsynth
 
         figures = self.out / "figures"
-        pretrain_config = json.loads((self.pretrain_dir / "config.json").read_text())
-        pretrain_rows = report.read_jsonl(self.pretrain_dir / "logs" / "pretrain_metrics.jsonl")
-        report.plot_pretraining(pretrain_rows, figures / "pretraining.png", pretrain_config["num_codevector_groups"])
-        finetune_logs = {init: [report.read_jsonl(self.run_dir(init, s) / "logs" / "finetune_metrics.jsonl")
-                                for s in self.args.seeds] for init in self.inits}
-        report.plot_finetuning(finetune_logs, figures / "finetuning.png")
-        results = {init: [json.loads((self.run_dir(init, s) / "all_results.json").read_text())
-                          for s in self.args.seeds] for init in self.inits}
+        pretrain = RunLayout(self.pretrain_dir)
+        pretrain_config = json.loads((pretrain.root / "config.json").read_text())
+        plotting.plot_pretraining(pretrain.read_metrics(), figures / "pretraining.png",
+                                  pretrain_config["num_codevector_groups"])
+        finetune_logs = {init: [RunLayout(self.run_dir(init, s)).read_metrics() for s in self.args.seeds]
+                         for init in self.inits}
+        plotting.plot_finetuning(finetune_logs, figures / "finetuning.png")
+        results = {init: [RunLayout(self.run_dir(init, s)).read_results() for s in self.args.seeds]
+                   for init in self.inits}
         codebook = json.loads((self.out / "codebook.json").read_text())
-        report.plot_codebook(codebook, figures / "codebook_nmi.png")
+        plotting.plot_codebook(codebook, figures / "codebook_nmi.png")
         best = self.best_music_run()
         shutil.copyfile(best / "confusion_matrix.png", figures / "confusion_matrix.png")
 
         test = load_nsynth(self.nsynth_dir, "test", cache_dir=self.out / "cache")
         chance = {"pitch": max(np.bincount(test["pitch"])) / len(test),
-                  "instrument family": max(np.bincount(test["instrument_family"])) / len(test)}
+                  "instrument": max(np.bincount(test["instrument_family"])) / len(test)}
         rows = report.accuracy_rows(results)
-        pretrain_results = json.loads((self.pretrain_dir / "pretrain_results.json").read_text())
+        pretrain_results = pretrain.read_results()
         summary = {"accuracy": rows, "chance": chance, "codebook": codebook, "pretraining": pretrain_results,
                    "stage_seconds": self.state.seconds, "machine": machine_description(),
                    "command": self.args.invocation}
@@ -477,7 +407,7 @@ def render_report(demo: Demo, summary: dict, results: dict, pretrain_config: dic
         "",
         f"`hub/model/` is `{best.name}` ready to upload (weights, config with `auto_map`, the modeling code, "
         "feature extractor, model card with the test results, widget samples, confusion matrix); "
-        "`hub/widget-pitch/` and `hub/widget-instrument-family/` are one standard "
+        "`hub/widget-pitch/` and `hub/widget-instrument/` are one standard "
         "`Wav2Vec2ForSequenceClassification` per head for the Hub's audio-classification widget.",
         "",
         "```",
@@ -506,13 +436,13 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a wav2vec2 speech checkpoint (folder or Hub id, e.g. facebook/wav2vec2-base) to "
                              "fine-tune and analyse beside the music-pretrained and random models")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds (default 0 1 2)")
-    parser.add_argument("--pretrain_steps", type=int, default=None, help="pretraining updates (mini default 800)")
+    parser.add_argument("--pretrain_steps", type=int, default=None, help="pretraining updates (default: the recipe's, 800 for mini)")
     parser.add_argument("--finetune_epochs", type=int, default=None,
                         help="epochs per fine-tuning run (default 15 mini, 10 paper)")
     parser.add_argument("--pretrain_args", default="",
-                        help="extra training/pretrain.py arguments in one string: --pretrain_args='--max_grad_norm 10'")
+                        help="extra `hf-music-w2v pretrain` arguments in one string: --pretrain_args='--max_grad_norm 10'")
     parser.add_argument("--finetune_args", default="",
-                        help="extra training/finetune.py arguments in one string: --finetune_args=--freeze_base_model")
+                        help="extra `hf-music-w2v finetune` arguments in one string: --finetune_args=--freeze_base_model")
     parser.add_argument("--accelerate_config", default=None,
                         help="accelerate config for every training run (default: one local process)")
     parser.add_argument("--pretrain_seed", type=int, default=0,
@@ -522,7 +452,5 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--musicnet_seconds", type=float, default=120.0,
                         help="seconds rendered of each mini-MusicNet score (default 120)")
     parser.add_argument("--codebook_max_notes", type=int, default=2000, help="NSynth notes in the codebook analysis")
-    parser.add_argument("--training_dir", default=None, help="folder of pretrain.py and finetune.py (default: the "
-                                                             "repository's training/)")
     parser.add_argument("--fresh", action="store_true", help="delete OUTPUT_DIR first instead of resuming")
     parser.add_argument("--quiet", action="store_true", help="training output to the logs only, not the terminal")

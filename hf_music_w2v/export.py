@@ -16,17 +16,17 @@ from .hub import music_feature_extractor, save_pretrained_atomic
 from .modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification
 
 #: Head name -> (attribute of Wav2Vec2ForMusicClassification, the config field naming its classes).
-HEADS = {"pitch": ("pitch_head", "pitch_id2label"), "instrument_family": ("instrument_head", "id2label")}
+HEAD_MODULES = {"pitch": ("pitch_head", "pitch_id2label"), "instrument": ("instrument_head", "id2label")}
 _CLASSIFIER_ONLY_FIELDS = ("pitch_id2label", "pitch_loss_weight", "instrument_loss_weight", "auto_map",
                            "architectures", "id2label", "label2id", "model_type", "transformers_version")
 
 
 def sequence_classification_config(model: Wav2Vec2ForMusicClassification, head: str) -> Wav2Vec2Config:
     """A plain wav2vec2 config with the backbone of `model` and the classes of `head`."""
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+    if head not in HEAD_MODULES:
+        raise ValueError(f"head must be one of {', '.join(HEAD_MODULES)}, got {head!r}")
     values = {k: v for k, v in model.config.to_dict().items() if k not in _CLASSIFIER_ONLY_FIELDS}
-    id2label = {int(k): v for k, v in getattr(model.config, HEADS[head][1]).items()}
+    id2label = {int(k): v for k, v in getattr(model.config, HEAD_MODULES[head][1]).items()}
     values.update(
         id2label=id2label,
         label2id={name: index for index, name in id2label.items()},
@@ -46,7 +46,7 @@ def to_sequence_classification(model: Wav2Vec2ForMusicClassification, head: str)
     hidden = model.config.hidden_size
     exported.projector.weight.copy_(torch.eye(hidden))
     exported.projector.bias.zero_()
-    source = getattr(model, HEADS[head][0])
+    source = getattr(model, HEAD_MODULES[head][0])
     exported.classifier.weight.copy_(source.weight)
     exported.classifier.bias.copy_(source.bias)
     return exported.eval()
@@ -56,10 +56,10 @@ def export_widget_models(model: Wav2Vec2ForMusicClassification, output_dir: str 
                          ) -> dict[str, Path]:
     """Save each head as its own `save_pretrained` folder, `output_dir/<head>/`; returns head -> folder."""
     folders = {}
-    for head in HEADS:
+    for head in HEAD_MODULES:
         exported = to_sequence_classification(model, head)
         folders[head] = save_pretrained_atomic(exported, Path(output_dir) / head, music_feature_extractor(model.config))
     return folders
 
 
-__all__ = ["HEADS", "export_widget_models", "sequence_classification_config", "to_sequence_classification"]
+__all__ = ["HEAD_MODULES", "export_widget_models", "sequence_classification_config", "to_sequence_classification"]

@@ -1,16 +1,15 @@
-"""Saving models in the layout the Hub and `from_pretrained` expect, without ever leaving a half-written folder."""
+"""The Hub's side of a model: feature extractor, `save_pretrained` folders, model cards and uploads."""
 
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor
 
-SAMPLING_RATE = 16_000
+from .atomic import move_files_into, staged_directory, write_text_atomic
+from .audio import SAMPLING_RATE
 
 
 def music_feature_extractor(config: Wav2Vec2Config) -> Wav2Vec2FeatureExtractor:
@@ -26,40 +25,6 @@ def music_feature_extractor(config: Wav2Vec2Config) -> Wav2Vec2FeatureExtractor:
         do_normalize=True,
         return_attention_mask=config.feat_extract_norm == "layer",
     )
-
-
-def replace_directory(source: Path, target: Path) -> None:
-    """Move the finished folder `source` to `target`, replacing any old `target` only once `source` is complete."""
-    target = Path(target)
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(source, target)
-    if old is not None:
-        shutil.rmtree(old)
-
-
-@contextmanager
-def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary sibling of `target`; on success it replaces `target`, on error it is removed."""
-    target = Path(target).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield staging
-        replace_directory(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary sibling and one rename."""
-    path = Path(path)
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    staging.write_text(text)
-    os.replace(staging, path)
 
 
 def write_model_files(model: PreTrainedModel, folder: Path, feature_extractor: Wav2Vec2FeatureExtractor | None) -> None:
@@ -96,31 +61,28 @@ def save_pretrained_into(
     target = Path(save_directory).resolve()
     target.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".save_pretrained.tmp-", dir=target))
-    try:
-        write_model_files(model, staging, feature_extractor)
-        for file in staging.iterdir():
-            os.replace(file, target / file.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    write_model_files(model, staging, feature_extractor)
+    move_files_into(staging, target)
     return target
 
 
-def write_model_card(folder: str | os.PathLike, template: str | os.PathLike, **fields: Any) -> Path:
-    """Render the Jinja `template` into `folder/README.md` with huggingface_hub's `ModelCard` API.
+def write_model_card(folder: str | os.PathLike, template: str, **fields: Any) -> Path:
+    """Render the packaged Jinja template `model_cards/<template>.md` into `folder/README.md`.
 
+    Rendering uses huggingface_hub's `ModelCard` API.
     `fields` are the template's variables; those that are also `ModelCardData` fields (license, tags, datasets,
     pipeline_tag, model-index results via `eval_results`, ...) go into the card's YAML header as well.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    template = Path(template)
-    if not template.is_file():
-        raise FileNotFoundError(f"model card template {template} not found (it lives in the repository's model_cards/)")
+    template_file = resources.files(__package__) / "model_cards" / f"{template}.md"
+    if not template_file.is_file():
+        raise FileNotFoundError(f"model card template {template!r} not found in the package's model_cards/")
     data_fields = {k: fields[k] for k in ("license", "tags", "datasets", "pipeline_tag", "model_name",
                                           "eval_results", "base_model", "library_name", "widget") if k in fields}
     data_fields.setdefault("license", "apache-2.0")
     data_fields.setdefault("library_name", "transformers")
-    card = ModelCard.from_template(ModelCardData(**data_fields), template_path=str(template), **fields)
+    card = ModelCard.from_template(ModelCardData(**data_fields), template_str=template_file.read_text(), **fields)
     path = Path(folder) / "README.md"
     write_text_atomic(path, str(card))
     return path

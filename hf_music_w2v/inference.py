@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import resample
+from .atomic import atomic_path
+from .audio import resample, window_starts
 from .data.validation import DataError, read_audio
 
 DEFAULT_WINDOW_SECONDS = 4.0  # NSynth's note length, what the classifier was trained on
@@ -25,16 +26,6 @@ def load_audio_file(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
     """A file as mono float32 `[sample]` at `sampling_rate`; `DataError` naming the file if it is unusable."""
     audio, rate = read_audio(path, downmix=True)
     return resample(audio, rate, sampling_rate)
-
-
-def window_starts(num_samples: int, window: int) -> list[int]:
-    """Starts of back-to-back windows covering `num_samples`, the last one ending at the end (may overlap)."""
-    if num_samples <= window:
-        return [0]
-    starts = list(range(0, num_samples - window + 1, window))
-    if starts[-1] + window < num_samples:
-        starts.append(num_samples - window)
-    return starts
 
 
 @dataclass
@@ -79,7 +70,7 @@ class AudioRunner:
                 results[index].error = str(error)
                 continue
             results[index].seconds = len(audio) / self.sampling_rate
-            for start in window_starts(len(audio), self.window):
+            for start in window_starts(len(audio), self.window, self.window):
                 piece = audio[start : start + self.window]
                 by_length[len(piece)].append((index, piece))
         sums: dict[int, dict[str, np.ndarray]] = {}
@@ -130,12 +121,10 @@ def save_embeddings(path: str | os.PathLike, files: list[str], embeddings: np.nd
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"--output must end in .npz (embeddings, file names and layer in one file), got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(staging, embeddings=embeddings.astype(np.float32), files=np.array(files), layer=np.array(layer))
-    os.replace(staging, path)
+    with atomic_path(path) as staging:
+        np.savez(staging, embeddings=embeddings.astype(np.float32), files=np.array(files), layer=np.array(layer))
     return path
 
 
 __all__ = ["AudioRunner", "FileResult", "class_probabilities", "layer_embedding", "load_audio_file",
-           "save_embeddings", "top_classes", "window_starts"]
+           "save_embeddings", "top_classes"]

@@ -81,9 +81,14 @@ class Wav2Vec2ForMusicClassification(Wav2Vec2PreTrainedModel):
             param.requires_grad = False
 
     def frame_mask(self, num_frames: int, attention_mask: torch.Tensor) -> torch.BoolTensor:
-        """`[batch, frame]` mask of frames computed from non-padded samples of a `[batch, sample]` mask."""
-        # transformers exposes this only as a private helper of Wav2Vec2PreTrainedModel; wrapped here, once.
-        return self._get_feature_vector_attention_mask(num_frames, attention_mask).bool()
+        """`[batch, frame]` mask of frames computed from non-padded samples of a `[batch, sample]` mask.
+
+        Each conv layer of the feature encoder turns L samples into (L - kernel) // stride + 1 frames.
+        """
+        lengths = attention_mask.sum(dim=-1)
+        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride):
+            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
+        return torch.arange(num_frames, device=attention_mask.device)[None, :] < lengths[:, None]
 
     def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mean over frames `[batch, frame, hidden] -> [batch, hidden]`, skipping padded frames if masked."""

@@ -13,7 +13,8 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from safetensors.torch import save_file
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
-from hf_music_w2v.pretraining import UpdateBatchSampler, pretraining_batch, pretraining_update
+from hf_music_w2v.training.engine import UpdateBatchSampler
+from hf_music_w2v.training.pretrain import pretraining_batch, pretraining_update
 
 NUM_WINDOWS, WINDOW_SAMPLES, SEED = 8, 4000, 0
 

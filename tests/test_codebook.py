@@ -9,7 +9,7 @@ from hf_music_w2v.codebook import (
     quantizer_code_ids,
     sounding_frames,
 )
-from hf_music_w2v.pretraining import num_feature_frames
+from hf_music_w2v.training.pretrain import num_feature_frames
 
 from .conftest import TINY
 

@@ -10,7 +10,7 @@ from .conftest import tiny_music_config
 
 
 @pytest.mark.parametrize("norm", ["group", "layer"])
-@pytest.mark.parametrize(("head", "logits_name"), [("pitch", "pitch_logits"), ("instrument_family", "instrument_logits")])
+@pytest.mark.parametrize(("head", "logits_name"), [("pitch", "pitch_logits"), ("instrument", "instrument_logits")])
 def test_exported_head_gives_the_same_logits(norm, head, logits_name, waveforms):
     torch.manual_seed(0)
     model = Wav2Vec2ForMusicClassification(tiny_music_config(feat_extract_norm=norm)).eval()
@@ -28,20 +28,20 @@ def test_exported_head_gives_the_same_logits(norm, head, logits_name, waveforms)
 
 def test_exported_labels_are_the_heads_classes(tiny_model):
     pitch = to_sequence_classification(tiny_model, "pitch")
-    family = to_sequence_classification(tiny_model, "instrument_family")
+    family = to_sequence_classification(tiny_model, "instrument")
     assert pitch.config.id2label[60] == "C4" and pitch.config.num_labels == 128
     assert family.config.id2label[0] == "bass" and family.config.num_labels == 11
     assert pitch.config.model_type == "wav2vec2" and not getattr(pitch.config, "auto_map", None)
 
 
 def test_unknown_head_is_rejected(tiny_model):
-    with pytest.raises(ValueError, match="head must be one of pitch, instrument_family"):
+    with pytest.raises(ValueError, match="head must be one of pitch, instrument"):
         to_sequence_classification(tiny_model, "tempo")
 
 
 def test_exported_folders_run_in_the_standard_pipeline(tmp_path, tiny_model):
     folders = export_widget_models(tiny_model, tmp_path)
-    assert sorted(folders) == ["instrument_family", "pitch"]
+    assert sorted(folders) == ["instrument", "pitch"]
     tone = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)
     for head, folder in folders.items():
         assert not list(folder.glob("*.py"))  # no custom code: the hosted widget can run it

@@ -11,17 +11,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_music_w2v import wav2vec2_base_config
 from hf_music_w2v.data.mini import make_mini_nsynth
-from hf_music_w2v.demo import DEMO_BACKBONE, PITCH_GRID
-from hf_music_w2v.finetuning import BASE_PRESET, build_classifier, confusion_matrix
-from hf_music_w2v.pretraining import list_checkpoints
+from hf_music_w2v.demo import PITCH_GRID
+from hf_music_w2v.presets import preset_config
+from hf_music_w2v.training.checkpoints import list_checkpoints
+from hf_music_w2v.training.finetune import BASE_PRESET, build_classifier, confusion_matrix
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "training" / "finetune.py"
 EPOCHS = 60
 FAST = ["--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--report_to", "none",
-        "--learning_rate", "1e-3", "--head_learning_rate", "3e-3", "--no-freeze_feature_encoder"]
+        "--learning_rate", "1e-3", "--head_learning_rate", "3e-3", "--no_freeze_feature_encoder"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def nsynth_dir(tmp_path_factory):
 def small_backbone(tmp_path_factory):
     """The demo's narrow wav2vec2 (64 wide, real 20 ms frames), as a config-only folder for --random_init."""
     folder = tmp_path_factory.mktemp("backbone")
-    wav2vec2_base_config(**DEMO_BACKBONE, layerdrop=0.0).save_pretrained(folder)
+    preset_config("wav2vec2-small", layerdrop=0.0).save_pretrained(folder)
     return folder
 
 
@@ -49,7 +49,7 @@ def run_script(args, env=None, timeout=600):
 
 
 def read_log(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "logs" / "finetune_metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_push_uploads_everything_a_user_needs(pushed_run):
     assert widget_files and set(widget_files) <= received
     card = (hub.repo_dir("me/w2v-nsynth") / "README.md").read_text()
     assert 'AutoModel.from_pretrained("me/w2v-nsynth", trust_remote_code=True)' in card
-    assert "training/finetune.py --model_name_or_path" in card
+    assert "hf-music-w2v finetune --model_name_or_path" in card
 
 
 @pytest.mark.slow
@@ -162,7 +162,7 @@ def test_widget_repos_run_in_the_standard_pipeline(pushed_run, tmp_path):
     script = (
         "import numpy as np; from transformers import pipeline\n"
         "tone = np.sin(2 * np.pi * 440 * np.arange(32000) / 16000).astype(np.float32)\n"
-        "for repo in ('me/w2v-nsynth-pitch', 'me/w2v-nsynth-instrument-family'):\n"
+        "for repo in ('me/w2v-nsynth-pitch', 'me/w2v-nsynth-instrument'):\n"
         "    top = pipeline('audio-classification', model=repo)({'raw': tone, 'sampling_rate': 16000}, top_k=2)\n"
         "    print(repo, len(top), top[0]['label'])\n"
     )
@@ -170,7 +170,7 @@ def test_widget_repos_run_in_the_standard_pipeline(pushed_run, tmp_path):
     ran = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr[-3000:]
     lines = ran.stdout.strip().splitlines()
-    assert lines[0].startswith("me/w2v-nsynth-pitch 2 ") and lines[1].startswith("me/w2v-nsynth-instrument-family 2 ")
+    assert lines[0].startswith("me/w2v-nsynth-pitch 2 ") and lines[1].startswith("me/w2v-nsynth-instrument 2 ")
     metadata = card_metadata(hub.repo_dir("me/w2v-nsynth-pitch"))
     assert metadata["pipeline_tag"] == "audio-classification" and metadata["widget"]
 
@@ -203,7 +203,7 @@ def test_killed_run_resumes_exactly(tmp_path, nsynth_dir, small_backbone):
     final_a = load_file(tmp_path / "straight" / "model.safetensors")
     final_b = load_file(killed_dir / "model.safetensors")
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
-    assert [p.name for p in list_checkpoints(killed_dir)] == ["step_00000008", "step_00000012"]
+    assert [p.name for p in list_checkpoints(killed_dir)] == ["step_00000012", "step_00000015"]
 
 
 @pytest.mark.slow

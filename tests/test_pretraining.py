@@ -12,17 +12,18 @@ import torch
 from safetensors.torch import load_file
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
-from hf_music_w2v.pretraining import (
+from hf_music_w2v.training.checkpoints import list_checkpoints, resolve_checkpoint
+from hf_music_w2v.training.engine import (
     NonFiniteGuard,
     TrainingDiverged,
     UpdateBatchSampler,
+    seeded_generator,
+)
+from hf_music_w2v.training.pretrain import (
     gumbel_temperature,
-    list_checkpoints,
     pretraining_batch,
     pretraining_update,
-    resolve_checkpoint,
     sample_negatives,
-    seeded_generator,
     span_mask,
 )
 
@@ -61,7 +62,7 @@ def run_script(args, env=None, timeout=300, launcher=None):
 
 
 def read_metrics(output_dir: Path) -> list[dict]:
-    lines = (output_dir / "logs" / "pretrain_metrics.jsonl").read_text().splitlines()
+    lines = (output_dir / "logs" / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
 
 
@@ -213,7 +214,7 @@ def test_killed_run_resumes_exactly(tmp_path, mini_root, tiny_config_file):
               "--logging_steps", "1", "--checkpoints_total_limit", "2"]
     straight = run_script(common + ["--output_dir", str(tmp_path / "straight")])
     assert straight.returncode == 0, straight.stderr
-    assert list((tmp_path / "straight" / "logs" / "pretrain").glob("events.out.tfevents.*"))  # tensorboard default
+    assert list((tmp_path / "straight" / "logs" / "pretraining").glob("events.out.tfevents.*"))  # tensorboard default
 
     killed_dir = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, str(SCRIPT), *common, "--output_dir", str(killed_dir)],
@@ -272,7 +273,7 @@ def test_pretraining_pushes_a_loadable_model_to_the_hub(tmp_path, mini_root, tin
         assert not (received / "checkpoints").exists()
         assert "music" in hub.card_metadata["tags"] and hub.card_metadata["datasets"] == ["musicnet"]
         card = (received / "README.md").read_text()
-        assert "| updates | 3 |" in card and "training/pretrain.py --musicnet_dir" in card
+        assert "| updates | 3 |" in card and "hf-music-w2v pretrain --musicnet_dir" in card
         load = ("from transformers import Wav2Vec2ForPreTraining; import sys; "
                 "m = Wav2Vec2ForPreTraining.from_pretrained('me/w2v-music'); "
                 "print(sum(p.numel() for p in m.parameters()))")

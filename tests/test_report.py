@@ -2,14 +2,9 @@ import json
 
 import pytest
 
-from hf_music_w2v.report import (
-    accuracy_rows,
-    accuracy_table,
-    compare,
-    mean_and_spread,
-    plot_pretraining,
-    read_jsonl,
-)
+from hf_music_w2v.plotting import plot_pretraining
+from hf_music_w2v.report import accuracy_rows, accuracy_table, compare, mean_and_spread
+from hf_music_w2v.training.layout import read_jsonl
 
 
 def runs(pitch: list[float], family: list[float]) -> list[dict]:
@@ -33,7 +28,7 @@ def test_compare_says_who_is_ahead_only_when_every_seed_agrees():
 
 def test_accuracy_table_lists_seeds_and_chance():
     rows = accuracy_rows({"music": runs([0.5, 0.7], [0.3, 0.5])})
-    table = accuracy_table(rows, {"pitch": 0.125, "instrument family": 0.1})
+    table = accuracy_table(rows, {"pitch": 0.125, "instrument": 0.1})
     assert "| music | 2 | 0.600 ± 0.141 | 0.400 ± 0.141 | 0.500, 0.700 | 0.300, 0.500 |" in table
     assert "| most frequent test class | - | 0.125 | 0.100 | | |" in table
 

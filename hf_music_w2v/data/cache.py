@@ -2,13 +2,12 @@
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from datasets import Dataset
 
-from ..hub import staged_directory
+from ..atomic import atomic_path, staged_directory
 
 CACHE_FORMAT = 1  # bump when what is cached changes meaning
 
@@ -41,12 +40,5 @@ def publish_dataset(dataset: Dataset, target: Path) -> None:
 
 def publish_array(array: np.ndarray, target: Path) -> None:
     """Write `array` as .npy through a temporary file and an atomic rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.save(file, array)
-        os.replace(staging, target)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
+    with atomic_path(target) as staging:
+        np.save(staging, array)

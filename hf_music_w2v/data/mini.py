@@ -17,10 +17,11 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
+from ..atomic import write_text_atomic
+from ..audio import NOTE_SAMPLES, SAMPLING_RATE
 from ..configuration_music_wav2vec2 import NSYNTH_INSTRUMENT_FAMILIES
-from ..hub import write_text_atomic
 from .musicnet import LABEL_COLUMNS, METADATA_COLUMNS, MUSICNET_SAMPLING_RATE
-from .nsynth import NSYNTH_QUALITIES, NSYNTH_SAMPLES, NSYNTH_SAMPLING_RATE, NSYNTH_SOURCES
+from .nsynth import NSYNTH_QUALITIES, NSYNTH_SOURCES
 
 NSYNTH_VELOCITIES = (25, 50, 75, 100, 127)
 NOTE_ON_SECONDS = 3.0
@@ -169,7 +170,7 @@ def make_mini_nsynth(out_dir: str | os.PathLike, seed: int = 0, notes_per_instru
     """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
-    renderer = Renderer(soundfont, NSYNTH_SAMPLING_RATE)
+    renderer = Renderer(soundfont, SAMPLING_RATE)
     examples = {split: {} for split in ("train", "valid", "test")}
     family_rank: dict[str, int] = {}
     source_counter: dict[tuple[str, str], int] = {}
@@ -194,16 +195,16 @@ def make_mini_nsynth(out_dir: str | os.PathLike, seed: int = 0, notes_per_instru
             if len(rendered) == notes_per_instrument:
                 break
             velocity = int(rng.choice(NSYNTH_VELOCITIES))
-            note_on = int(NOTE_ON_SECONDS * NSYNTH_SAMPLING_RATE)
-            audio = renderer.render_events([(0, 1, 0, pitch, velocity), (note_on, 0, 0, pitch, 0)], NSYNTH_SAMPLES)
+            note_on = int(NOTE_ON_SECONDS * SAMPLING_RATE)
+            audio = renderer.render_events([(0, 1, 0, pitch, velocity), (note_on, 0, 0, pitch, 0)], NOTE_SAMPLES)
             if np.abs(audio).max() >= 1e-4:
                 rendered[pitch] = (velocity, np.clip(audio, -1.0, 1.0))
         if not rendered:
             raise RuntimeError(f"the SoundFont rendered only silence for GM program {program}")
         for pitch, (velocity, audio) in sorted(rendered.items()):
             note_str = f"{instrument_str}-{pitch:03d}-{velocity:03d}"
-            sf.write(split_dir / "audio" / f"{note_str}.wav", audio, NSYNTH_SAMPLING_RATE, subtype="PCM_16")
-            qualities = note_qualities(audio, NSYNTH_SAMPLING_RATE, family)
+            sf.write(split_dir / "audio" / f"{note_str}.wav", audio, SAMPLING_RATE, subtype="PCM_16")
+            qualities = note_qualities(audio, SAMPLING_RATE, family)
             examples[split][note_str] = {
                 "note": note_id,
                 "note_str": note_str,
@@ -211,7 +212,7 @@ def make_mini_nsynth(out_dir: str | os.PathLike, seed: int = 0, notes_per_instru
                 "instrument_str": instrument_str,
                 "pitch": pitch,
                 "velocity": velocity,
-                "sample_rate": NSYNTH_SAMPLING_RATE,
+                "sample_rate": SAMPLING_RATE,
                 "qualities": qualities,
                 "qualities_str": [name for name, flag in zip(NSYNTH_QUALITIES, qualities) if flag],
                 "instrument_family": NSYNTH_INSTRUMENT_FAMILIES.index(family),

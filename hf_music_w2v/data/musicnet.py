@@ -9,7 +9,7 @@ import numpy as np
 from datasets import Dataset, IterableDataset, load_from_disk
 from tqdm.auto import tqdm
 
-from ..audio import resample
+from ..audio import check_window_options, resample, window_starts
 from .cache import cache_key, publish_array, publish_dataset, resolve_cache_dir
 from .validation import DataError, SkipLog, check_on_error, read_audio
 
@@ -18,7 +18,6 @@ METADATA_COLUMNS = (
     "id", "composer", "composition", "movement", "ensemble", "source", "transcriber", "catalog_name", "seconds",
 )
 LABEL_COLUMNS = ("start_time", "end_time", "instrument", "note", "start_beat", "end_beat", "note_value")
-REMAINDER_POLICIES = ("end_aligned", "pad", "drop")
 # A recording may differ from its metadata `seconds` by rounding; more than this means a cut-off file.
 DURATION_TOLERANCE_SECONDS = 1.0
 
@@ -76,33 +75,6 @@ def read_labels(path: Path) -> dict[str, np.ndarray]:
             rows.append((start, end, instrument, note))
     columns = np.asarray(rows, dtype=np.int64).reshape(-1, 4).T
     return dict(zip(("start", "end", "instrument", "note"), columns))
-
-
-def check_window_options(segment: int, hop: int, remainder: str) -> None:
-    if remainder not in REMAINDER_POLICIES:
-        raise ValueError(f"remainder must be one of {REMAINDER_POLICIES}, got {remainder!r}")
-    if segment <= 0 or hop <= 0:
-        raise ValueError(f"segment and hop must be positive, got {segment} and {hop} samples")
-
-
-def window_starts(num_samples: int, segment: int, hop: int, remainder: str = "end_aligned") -> list[int]:
-    """Start samples of the windows cut from a recording of `num_samples` samples.
-
-    Windows start every `hop` samples while a whole `segment` fits. What is left at the end is covered by
-    one more window that ends with the recording ("end_aligned", the default: every sample is seen and no
-    window is padded), by a zero-padded window at the next hop ("pad"), or not at all ("drop"). A recording
-    shorter than one segment gives a single zero-padded window unless the policy is "drop".
-    """
-    check_window_options(segment, hop, remainder)
-    if num_samples <= segment:
-        return [] if num_samples == 0 or (num_samples < segment and remainder == "drop") else [0]
-    starts = list(range(0, num_samples - segment + 1, hop))
-    if starts[-1] + segment < num_samples:
-        if remainder == "end_aligned":
-            starts.append(num_samples - segment)
-        elif remainder == "pad":
-            starts.append(starts[-1] + hop)
-    return starts
 
 
 def window_notes(labels: dict[str, np.ndarray], start: int, segment: int, sampling_rate: int) -> dict:

@@ -10,13 +10,11 @@ import soundfile as sf
 from datasets import Audio, ClassLabel, Dataset, Features, Sequence, Value, load_dataset, load_from_disk
 from tqdm.auto import tqdm
 
-from ..audio import resample
+from ..audio import NOTE_SAMPLES, SAMPLING_RATE, resample
 from ..configuration_music_wav2vec2 import NSYNTH_INSTRUMENT_FAMILIES
 from .cache import cache_key, publish_dataset, resolve_cache_dir
 from .validation import DataError, SkipLog, check_on_error, read_audio
 
-NSYNTH_SAMPLING_RATE = 16_000
-NSYNTH_SAMPLES = 64_000  # 4 s: note held 3 s, released 1 s
 NSYNTH_SOURCES = ("acoustic", "electronic", "synthetic")
 NSYNTH_QUALITIES = (
     "bright",
@@ -131,9 +129,9 @@ def build_index(split_dir: Path, on_error: str) -> Dataset:
         try:
             row = validate_entry(key, entry, examples_path)
             wav = split_dir / "audio" / f"{key}.wav"
-            if row["sample_rate"] != NSYNTH_SAMPLING_RATE:
+            if row["sample_rate"] != SAMPLING_RATE:
                 raise DataError(f"{examples_path} entry {key!r}", f"sample_rate must be 16000, found {row['sample_rate']}")
-            read_audio(wav, expected_sampling_rate=NSYNTH_SAMPLING_RATE, expected_samples=NSYNTH_SAMPLES)
+            read_audio(wav, expected_sampling_rate=SAMPLING_RATE, expected_samples=NOTE_SAMPLES)
         except DataError as error:
             skips.handle(error, on_error)
             continue
@@ -145,7 +143,7 @@ def build_index(split_dir: Path, on_error: str) -> Dataset:
     return Dataset.from_list(rows, features=FEATURES)
 
 
-def decode_audio_batch(batch: dict, sampling_rate: int = NSYNTH_SAMPLING_RATE) -> dict:
+def decode_audio_batch(batch: dict, sampling_rate: int = SAMPLING_RATE) -> dict:
     """`set_transform` hook: turn `audio` entries ({bytes, path}) into {array: float32, sampling_rate}."""
     decoded = []
     for item in batch["audio"]:

@@ -1,0 +1,76 @@
+"""Writing files and folders so that a crash, a full disk or a kill leaves the old version or the new one.
+
+Everything the package writes goes through here: a temporary sibling is written in full, then renamed over
+the target in one `os.replace` (atomic within a file system). Temporary names start with a dot, so uploads
+and folder listings that skip hidden files never see them.
+"""
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` (same suffix) to write; it replaces `path` when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(staging)
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temporary sibling and one rename."""
+    with atomic_path(path) as staging:
+        staging.write_text(text)
+    return Path(path)
+
+
+def replace_directory(source: Path, target: Path) -> None:
+    """Move the finished folder `source` to `target`, replacing any old `target` only once `source` is complete."""
+    target = Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(source, target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+@contextmanager
+def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling of `target`; on success it replaces `target`, on error it is removed."""
+    target = Path(target).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        replace_directory(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def move_files_into(source: Path, target: Path) -> None:
+    """Rename every file of the finished folder `source` into `target` (each one atomically), then drop `source`.
+
+    For folders that hold other things too (a run folder with logs and checkpoints): each file is either its
+    old version or the complete new one.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    for file in source.iterdir():
+        os.replace(file, target / file.name)
+    shutil.rmtree(source, ignore_errors=True)
+
+
+__all__ = ["atomic_path", "move_files_into", "replace_directory", "staged_directory", "write_text_atomic"]

@@ -1,0 +1,75 @@
+"""Starting the training programs under accelerate's launcher: `hf-music-w2v pretrain|finetune [--num_processes N]`.
+
+The programs are package modules, so an installed package trains without a checkout:
+`python -m accelerate.commands.launch [launcher options] -m hf_music_w2v.training.pretrain ARGS`.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+PROGRAMS = {"pretrain": "hf_music_w2v.training.pretrain", "finetune": "hf_music_w2v.training.finetune"}
+
+
+def launch_command(program: str, program_args: list[str], accelerate_config: str | None = None,
+                   num_processes: int | None = None) -> list[str]:
+    """`accelerate launch` of a training program in this interpreter.
+
+    With `accelerate_config`, that file decides (a `num_processes` given too overrides its count). Without
+    one: `num_processes` local processes (default 1) on the GPUs if there are any, else on the CPU.
+    """
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if accelerate_config:
+        command += ["--config_file", accelerate_config]
+        if num_processes:
+            command += ["--num_processes", str(num_processes)]
+    else:
+        processes = num_processes or 1
+        command += ["--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+                    "--dynamo_backend", "no"]
+        if processes > 1:
+            # On CPU too: accelerate starts CPU processes only through torchrun (see launch_environment).
+            command.append("--multi_gpu")
+        elif not torch.cuda.is_available():
+            command.append("--cpu")
+        threads = max(1, torch.get_num_threads() // processes) if not torch.cuda.is_available() else 1
+        command += ["--num_cpu_threads_per_process", str(threads)]
+    return command + ["-m", PROGRAMS[program], *program_args]
+
+
+def launch_environment() -> dict[str, str]:
+    """The runs' environment: on a machine without GPUs, multi-process launches must use the CPU backend."""
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("ACCELERATE_USE_CPU", "true")
+    return env
+
+
+def launcher_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--accelerate_config", default=None)
+    parser.add_argument("--num_processes", type=int, default=None)
+    return parser
+
+
+def launch(program: str, argv: list[str]) -> int:
+    """`hf-music-w2v pretrain|finetune ARGS`: split off the launcher's options, then become the launcher."""
+    launcher, program_args = launcher_parser().parse_known_args(argv)
+    if launcher.num_processes is not None and launcher.num_processes < 1:
+        print("error: --num_processes must be >= 1", file=sys.stderr)
+        return 2
+    if "-h" in program_args or "--help" in program_args:
+        module = __import__(PROGRAMS[program], fromlist=["main"])
+        print(f"Launcher options (hf-music-w2v {program} only):\n  --accelerate_config FILE  an accelerate config "
+              "(default: one local process, GPU if any)\n  --num_processes N         local processes (default 1, "
+              "or the config's)\n")
+        return module.main(program_args)
+    command = launch_command(program, program_args, launcher.accelerate_config, launcher.num_processes)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(command[0], command, launch_environment())
+
+
+__all__ = ["PROGRAMS", "launch", "launch_command", "launch_environment"]

@@ -1,0 +1,159 @@
+"""What a run folder holds, the keys of its results, and the lock that gives the folder to one run at a time.
+
+    OUT/
+      .run.lock             held (flock) by the run while it lives: pid, host, start time
+      run_settings.json     the arguments of the run that owns the folder
+      checkpoints/step_*/   resumable state (accelerate's files + trainer_state.json)
+      logs/metrics.jsonl    one JSON row per logged update or evaluation
+      logs/<name>/          tensorboard / wandb files
+      best_model/           fine-tuning: the best epoch on valid
+      features/             fine-tuning probe: cached pooled features
+      widget/<head>/        fine-tuning: one standard audio-classification model per head
+      model.safetensors, config.json, preprocessor_config.json, README.md, ...   the finished model
+      all_results.json      written last, atomically: the run is finished once it exists
+
+The training programs write through `RunLayout`; the demo and the report read through it.
+"""
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from ..atomic import write_text_atomic
+
+#: The two heads of the classifier, by the one name used in results keys, logits and labels.
+HEADS = ("pitch", "instrument")
+HEAD_TITLES = {"pitch": "pitch", "instrument": "instrument family"}
+#: The valid score that picks a fine-tuning run's kept epoch, and the demo's best run.
+SCORES = ("pitch_accuracy", "instrument_accuracy", "mean_accuracy")
+
+
+def result_key(split: str, head: str, metric: str = "accuracy") -> str:
+    """`test_pitch_accuracy`, `valid_instrument_macro_f1`, ...: the one spelling of a fine-tuning result."""
+    return f"{split}_{head}_{metric}"
+
+
+class OutputDirInUse(RuntimeError):
+    """Another live run holds the output folder's lock."""
+
+
+class OutputDirTaken(RuntimeError):
+    """The output folder belongs to a run made with other settings."""
+
+
+class RunLayout:
+    """Paths of one run folder, and the operations that keep it consistent."""
+
+    RESULTS = "all_results.json"
+    SETTINGS = "run_settings.json"
+    LOCK = ".run.lock"
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._lock_handle = None
+
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    logs = property(lambda self: self.root / "logs")
+    metrics = property(lambda self: self.root / "logs" / "metrics.jsonl")
+    results = property(lambda self: self.root / self.RESULTS)
+    settings = property(lambda self: self.root / self.SETTINGS)
+    best_model = property(lambda self: self.root / "best_model")
+    features = property(lambda self: self.root / "features")
+    widget = property(lambda self: self.root / "widget")
+    lock_file = property(lambda self: self.root / self.LOCK)
+
+    #: Folders that are working state, never part of the published model.
+    WORKING_DIRS = ("checkpoints", "features", "best_model", "widget")
+
+    def is_finished(self) -> bool:
+        return self.results.is_file()
+
+    def read_results(self) -> dict:
+        return json.loads(self.results.read_text())
+
+    def write_results(self, results: dict) -> None:
+        """The run's results, written atomically: call it last, after every model, export and card."""
+        write_text_atomic(self.results, json.dumps(results, indent=2))
+
+    def read_metrics(self) -> list[dict]:
+        """The rows of the metrics log (none if there is no log yet)."""
+        return read_jsonl(self.metrics)
+
+    # The lock: one run per folder.
+    def lock(self) -> str | None:
+        """Take the folder's lock for this process's life; raise `OutputDirInUse` naming a live holder.
+
+        The lock is an flock on OUT/.run.lock, which the kernel drops when its holder dies however it dies, so a
+        lock left behind by a killed run is simply taken over; the previous holder is returned in that case
+        (for a message), None otherwise.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_file, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise OutputDirInUse(f"{self.root} is in use by another run ({holder}); wait for it to finish, or "
+                                 "give another --output_dir") from None
+        handle.seek(0)
+        previous = handle.read().strip() or None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        self._lock_handle = handle
+        return previous
+
+    def unlock(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    # Ownership: a folder holds one run's settings, checkpoints, logs and results.
+    def claim(self, settings: dict, resuming: bool, overwrite: bool, operational: frozenset) -> None:
+        """Make the folder this run's, or raise `OutputDirTaken` saying why not.
+
+        A folder with another run's state (checkpoints, logs or results) is refused unless the run resumes it
+        with the same settings (those in `operational` may differ: logging, upload, resume flags) or
+        `overwrite` is given, which deletes that state first. The settings are then written to the folder.
+        """
+        previous = json.loads(self.settings.read_text()) if self.settings.is_file() else None
+        has_state = any(p.exists() for p in (self.checkpoints, self.metrics, self.results))
+        if overwrite:
+            for path in (self.checkpoints, self.logs, self.best_model, self.features, self.widget):
+                shutil.rmtree(path, ignore_errors=True)
+            self.results.unlink(missing_ok=True)
+        elif has_state or previous is not None:
+            changed = sorted(
+                f"{name} {(previous or {}).get(name)!r} -> {value!r}" for name, value in settings.items()
+                if name not in operational and (previous or {}).get(name) != value
+            ) if previous is not None else ["(no run_settings.json: made by another program or version)"]
+            if not resuming:
+                raise OutputDirTaken(
+                    f"{self.root} already holds a run (checkpoints, logs or results). Resume it with "
+                    "--resume_from_checkpoint latest, or start over with --overwrite_output_dir, or give another "
+                    "--output_dir")
+            if changed:
+                raise OutputDirTaken(
+                    f"{self.root} holds a run made with other settings ({'; '.join(changed)}); resuming would mix "
+                    "the two. Resume with the same settings, or start over with --overwrite_output_dir, or give "
+                    "another --output_dir")
+        write_text_atomic(self.settings, json.dumps(settings, indent=2, sort_keys=True))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSON-lines log; a missing file gives no rows, blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+__all__ = ["HEADS", "HEAD_TITLES", "OutputDirInUse", "OutputDirTaken", "RunLayout", "SCORES", "read_jsonl",
+           "result_key"]
