@@ -251,8 +251,9 @@ def test_two_processes_train_the_probe_as_one_process_with_twice_the_batch(tmp_p
               "2", "--logging_steps", "1", "--report_to", "none", "--head_learning_rate", "1e-2"]
     single = run_script(common + ["--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr[-3000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(REPO / "training" / "accelerate_configs" / "cpu_2proc.yaml"), str(SCRIPT)]
+    # torchrun of the package's module (the pretraining tests use accelerate launch of the script).
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+              "hf_music_w2v.training.finetune"]
     double = subprocess.run(launch + common + ["--per_device_train_batch_size", "4", "--output_dir",
                                                str(tmp_path / "two")],
                             env=script_env(ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=600)

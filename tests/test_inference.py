@@ -8,7 +8,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 from hf_music_w2v import save_pretrained_atomic
 from hf_music_w2v.cli import main
-from hf_music_w2v.inference import window_starts
+from hf_music_w2v.audio import window_starts
 
 from .conftest import TINY
 
@@ -36,9 +36,10 @@ def audio_files(tmp_path):
 
 
 def test_window_starts_cover_the_file_without_padding():
-    assert window_starts(100, 40) == [0, 40, 60]
-    assert window_starts(80, 40) == [0, 40]
-    assert window_starts(30, 40) == [0]
+    # Inference cuts files into back-to-back windows (hop = window), the last one ending with the file.
+    assert window_starts(100, 40, 40) == [0, 40, 60]
+    assert window_starts(80, 40, 40) == [0, 40]
+    assert window_starts(30, 40, 40) == [0]
 
 
 def test_predict_handles_any_rate_channels_and_length_and_reports_bad_files(model_dir, audio_files, capsys):
@@ -53,7 +54,7 @@ def test_predict_handles_any_rate_channels_and_length_and_reports_bad_files(mode
     assert rows[0]["windows"] == 3 and rows[0]["seconds"] == pytest.approx(10.0)  # 4 s windows at 0, 4 and 6 s
     assert rows[1]["windows"] == 1 and rows[1]["seconds"] == pytest.approx(1.0)
     for row in rows:
-        assert len(row["pitch"]) == 3 and len(row["instrument_family"]) == 3
+        assert len(row["pitch"]) == 3 and len(row["instrument"]) == 3
         assert row["pitch"][0]["probability"] >= row["pitch"][1]["probability"]
 
 

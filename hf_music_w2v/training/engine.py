@@ -173,7 +173,11 @@ class TrainingTask:
         return False
 
     def load_data(self, accelerator) -> None:
+        """Read the datasets; the main process goes first (it fills the caches), so no collectives in here."""
         raise NotImplementedError
+
+    def prepare_data(self, accelerator) -> None:
+        """Work on the loaded data that every process does together (e.g. a feature pass that gathers)."""
 
     def micro_batches_per_epoch(self, accelerator) -> int | None:
         """Micro-batches of one epoch on each process (None when streaming)."""
@@ -256,6 +260,7 @@ def train(task: TrainingTask) -> int:
 
     with accelerator.main_process_first():
         task.load_data(accelerator)
+    task.prepare_data(accelerator)
     accumulation = run.gradient_accumulation_steps
     per_epoch = task.micro_batches_per_epoch(accelerator)
     if per_epoch is None and run.max_train_steps is None:

@@ -320,6 +320,8 @@ class FinetuneTask(TrainingTask):
                        "valid": self.load_split("valid", self.args.max_eval_samples),
                        "test": self.load_split("test", self.args.max_eval_samples)}
         accelerator.print(", ".join(f"{name} {len(notes)} notes" for name, notes in self.splits.items()))
+
+    def prepare_data(self, accelerator) -> None:
         self.sources, self.collate = dict(self.splits), collate_notes
         self.feature_seconds = 0.0
         if self.probe and not self.args.no_feature_cache:

@@ -1,0 +1,167 @@
+"""The training engine's own guarantees: recipes and options, one run per output folder, GPU code paths on CPU."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hf_music_w2v.training.arguments import recipe_file, recipe_flags
+from hf_music_w2v.training.layout import RunLayout
+
+from .test_pretraining import BASE_ARGS, tiny_pretraining_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def env(**extra) -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **extra)
+
+
+def program(name: str, args: list[str], timeout: int = 600, **extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"hf_music_w2v.training.{name}", *args], env=env(**extra),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "tiny.json"
+    tiny_pretraining_config().to_json_file(path)
+    return path
+
+
+@pytest.fixture
+def pretrain_args(mini_root, tiny_config_file):
+    def args(output_dir: Path, steps: int = 4, *extra: str) -> list[str]:
+        return ["--musicnet_dir", str(mini_root / "musicnet"), "--config_name", str(tiny_config_file), *BASE_ARGS,
+                "--max_train_steps", str(steps), "--checkpointing_steps", "2", "--report_to", "none",
+                "--output_dir", str(output_dir), *extra]
+    return args
+
+
+def test_recipe_flags_come_first_so_the_command_line_wins():
+    from hf_music_w2v.training.pretrain import parse_args
+
+    args, run = parse_args(["--recipe", "mini", "--musicnet_dir", "m", "--output_dir", "o", "--learning_rate", "3e-4"])
+    assert args.config_name == "preset:wav2vec2-small" and args.segment_seconds == 4.0  # from the recipe
+    assert run.max_train_steps == 800 and run.learning_rate == 3e-4  # the flag beats the recipe's 1e-3
+    paper, paper_run = parse_args(["--recipe", "paper", "--musicnet_dir", "m", "--output_dir", "o"])
+    default, default_run = parse_args(["--musicnet_dir", "m", "--output_dir", "o"])
+    assert vars(paper) == vars(default)  # the paper's recipe spells out pretraining's defaults
+
+
+def test_a_recipe_can_be_any_json_file(tmp_path):
+    from hf_music_w2v.training.finetune import parse_args
+
+    recipe = tmp_path / "mine.json"
+    recipe.write_text(json.dumps({"_comment": "x", "freeze_base_model": True, "pitch_range": [21, 108],
+                                  "num_train_epochs": 3}))
+    assert recipe_flags(recipe) == ["--freeze_base_model", "true", "--pitch_range", "21", "108",
+                                    "--num_train_epochs", "3"]
+    args, run = parse_args(["--recipe", str(recipe), "--model_name_or_path", "m", "--nsynth_dir", "n",
+                            "--output_dir", "o"])
+    assert args.freeze_base_model and args.pitch_range == [21, 108] and run.num_train_epochs == 3
+    assert run.checkpointing_steps == "epoch" and run.learning_rate == 5e-5  # fine-tuning's own defaults
+
+
+def test_unknown_recipe_and_bad_options_are_argparse_errors(tmp_path):
+    result = program("pretrain", ["--recipe", "huge", "--musicnet_dir", "m", "--output_dir", str(tmp_path)])
+    assert result.returncode == 2 and "no packaged pretrain recipe of that name (there are: mini, paper)" in result.stderr
+    result = program("finetune", ["--model_name_or_path", "m", "--nsynth_dir", "n", "--output_dir", str(tmp_path),
+                                  "--checkpointing_steps", "often"])
+    assert result.returncode == 2 and "--checkpointing_steps must be 'epoch' or a positive number" in result.stderr
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        recipe_file("pretrain", str(tmp_path / "missing.json"))
+
+
+def test_help_shows_every_default():
+    result = subprocess.run([sys.executable, "-m", "hf_music_w2v.cli", "pretrain", "--help"], env=env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for expected in ("--num_processes N", "(default: 0.0005)", "(default: 20.0)", "(default: 32000)",
+                     "(default: preset:wav2vec2-base)", "(default: 1000)"):
+        assert expected in text, expected
+    finetune = subprocess.run([sys.executable, "-m", "hf_music_w2v.training.finetune", "--help"], env=env(),
+                              capture_output=True, text=True, timeout=120)
+    text = " ".join(finetune.stdout.split())
+    assert "(default: 5e-05)" in text and "(default: epoch)" in text and "(default: 0.1)" in text
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_at_once(tmp_path, pretrain_args):
+    layout = RunLayout(tmp_path / "out")
+    layout.lock()  # this test process is the live holder
+    try:
+        started = time.monotonic()
+        result = program("pretrain", pretrain_args(layout.root))
+        assert result.returncode != 0
+        assert f"is in use by another run (pid {os.getpid()} on " in result.stderr
+        assert time.monotonic() - started < 60
+        assert not layout.checkpoints.exists() and not layout.settings.exists()
+    finally:
+        layout.unlock()
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, pretrain_args):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hf_music_w2v.training.layout import RunLayout; "
+         "RunLayout(sys.argv[1]).lock(); print('locked', flush=True); time.sleep(600)", str(tmp_path / "out")],
+        env=env(), stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    result = program("pretrain", pretrain_args(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"took over the lock of {tmp_path / 'out'} from a run that is gone (pid {holder.pid} " in result.stdout
+    assert RunLayout(tmp_path / "out").is_finished()
+
+
+@pytest.mark.slow
+def test_a_folder_belongs_to_one_run(tmp_path, pretrain_args):
+    out = tmp_path / "out"
+    first = program("pretrain", pretrain_args(out, 4))
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = (out / "all_results.json").read_text()
+
+    again = program("pretrain", pretrain_args(out, 6))
+    assert again.returncode != 0 and "already holds a run" in again.stderr and "--overwrite_output_dir" in again.stderr
+    other = program("pretrain", pretrain_args(out, 6, "--resume_from_checkpoint", "latest"))
+    assert other.returncode != 0 and "max_train_steps 4 -> 6" in other.stderr
+    assert (out / "all_results.json").read_text() == results  # nothing was touched
+
+    finished = program("pretrain", pretrain_args(out, 4, "--resume_from_checkpoint", "latest", "--logging_steps", "1"))
+    assert finished.returncode == 0 and "holds a finished run" in finished.stdout
+    assert (out / "all_results.json").read_text() == results
+
+    fresh = program("pretrain", pretrain_args(out, 6, "--overwrite_output_dir"))
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert json.loads((out / "all_results.json").read_text())["steps"] == 6
+    # The old run's log is gone: logging every 10 updates, the new one logged only its final update.
+    assert [json.loads(line)["step"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()] == [6]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000004", "step_00000006"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compile_", [False, True], ids=["eager", "compiled"])
+def test_bf16_updates_run_on_cpu(tmp_path, pretrain_args, mini_root, compile_):
+    """bf16 autocast (accelerate's mixed precision) and torch.compile: dtype or compile breakage shows without a GPU."""
+    extra = ["--mixed_precision", "bf16", "--logging_steps", "1"] + (["--torch_compile"] if compile_ else [])
+    pretrain = program("pretrain", pretrain_args(tmp_path / "pre", 3, *extra))
+    assert pretrain.returncode == 0, pretrain.stderr[-3000:]
+    assert "mixed precision bf16" in pretrain.stdout
+    rows = [json.loads(line) for line in (tmp_path / "pre" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["skipped_updates"] == 0 for r in rows)
+    assert all(0 < r["loss"] < 100 for r in rows)
+
+    nsynth = mini_root / "nsynth"
+    finetune = program("finetune", ["--model_name_or_path", str(tmp_path / "pre"), "--nsynth_dir", str(nsynth),
+                                    "--output_dir", str(tmp_path / "ft"), "--max_train_samples", "16",
+                                    "--max_eval_samples", "8", "--per_device_train_batch_size", "8",
+                                    "--num_train_epochs", "1", "--report_to", "none", *extra])
+    assert finetune.returncode == 0, finetune.stderr[-3000:]
+    results = json.loads((tmp_path / "ft" / "all_results.json").read_text())
+    assert results["steps"] == 2 and results["skipped_updates"] == 0 and 0 <= results["test_pitch_accuracy"] <= 1
