@@ -7,8 +7,8 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 from hf_music_w2v import save_pretrained_atomic
-from hf_music_w2v.cli import main
 from hf_music_w2v.audio import window_starts
+from hf_music_w2v.cli import main
 
 from .conftest import TINY
 
