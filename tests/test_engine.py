@@ -137,12 +137,12 @@ def test_a_folder_belongs_to_one_run(tmp_path, pretrain_args):
     assert finished.returncode == 0 and "holds a finished run" in finished.stdout
     assert (out / "all_results.json").read_text() == results
 
-    fresh = program("pretrain", pretrain_args(out, 6, "--overwrite_output_dir"))
+    fresh = program("pretrain", pretrain_args(out, 6, "--overwrite_output_dir", "--checkpointing_steps", "3"))
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert json.loads((out / "all_results.json").read_text())["steps"] == 6
     # The old run's log is gone: logging every 10 updates, the new one logged only its final update.
     assert [json.loads(line)["step"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()] == [6]
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000004", "step_00000006"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000003", "step_00000006"]
 
 
 @pytest.mark.slow

@@ -113,6 +113,17 @@ def test_each_epoch_is_evaluated_and_the_best_one_is_kept(pushed_run):
 
 
 @pytest.mark.slow
+def test_the_results_file_is_written_last(pushed_run):
+    # all_results.json marks a finished run (the demo skips such runs): nothing may be written after it.
+    out = pushed_run["output_dir"]
+    finished = (out / "all_results.json").stat().st_mtime_ns
+    outputs = [p for p in out.rglob("*") if p.is_file() and "checkpoints" not in p.parts and p.name != "all_results.json"]
+    assert {"README.md", "model.safetensors", "confusion_matrix.png"} <= {p.name for p in outputs}
+    assert (out / "widget" / "instrument" / "README.md") in outputs
+    assert max(p.stat().st_mtime_ns for p in outputs) <= finished
+
+
+@pytest.mark.slow
 def test_push_uploads_everything_a_user_needs(pushed_run):
     hub = pushed_run["hub"]
     received = {p.relative_to(hub.repo_dir("me/w2v-nsynth")).as_posix()

@@ -141,3 +141,25 @@ def test_backbone_checkpoint_loads_with_only_heads_new(tmp_path, source_class):
     for name, tensor in backbone.state_dict().items():
         torch.testing.assert_close(model.wav2vec2.state_dict()[name], tensor, msg=name)
     assert model.config.mask_time_prob == 0.05
+
+
+def test_frame_mask_matches_the_feature_encoders_output_lengths():
+    model = Wav2Vec2ForMusicClassification(tiny_music_config(feat_extract_norm="layer"))
+    attention_mask = torch.zeros(3, 4000, dtype=torch.long)
+    for row, length in enumerate((4000, 2500, 401)):
+        attention_mask[row, :length] = 1
+    frames = model.wav2vec2.feature_extractor(torch.randn(1, 4000)).shape[-1]
+    mask = model.frame_mask(frames, attention_mask)
+    for row, length in enumerate((4000, 2500, 401)):
+        alone = model.wav2vec2.feature_extractor(torch.randn(1, length)).shape[-1]  # what the encoder makes of it
+        assert mask[row].tolist() == [True] * alone + [False] * (frames - alone)
+
+
+def test_an_unsupported_transformers_release_is_refused_with_the_version_needed():
+    from hf_music_w2v.configuration_music_wav2vec2 import check_transformers_version
+
+    check_transformers_version("5.23.0")
+    with pytest.raises(ImportError, match=r"needs transformers>=5,<6; this environment has transformers 4\.57\.1"):
+        check_transformers_version("4.57.1")
+    with pytest.raises(ImportError, match="pip install 'transformers>=5,<6'"):
+        check_transformers_version("6.0.0.dev0")
