@@ -62,3 +62,47 @@ def mini_root(tmp_path_factory):
     make_mini_nsynth(root / "nsynth", seed=0, notes_per_instrument=3)
     make_mini_musicnet(root / "musicnet", seed=0, seconds=24.0)
     return root
+
+
+# Fixed parts of every scripted pretraining run: 1 s windows of mini-MusicNet, a tiny model, few negatives.
+PRETRAIN_BASE_ARGS = ["--segment_seconds", "1", "--hop_seconds", "1", "--num_negatives", "5", "--warmup_steps", "2",
+                      "--per_device_train_batch_size", "2"]
+
+
+def tiny_pretraining_config(**overrides):
+    from transformers import Wav2Vec2Config
+
+    # A total conv stride of 80 (200 frames per second of audio) keeps CPU attention cheap in scripted runs.
+    return Wav2Vec2Config(**{**TINY, "conv_kernel": (10, 16), "conv_stride": (5, 16), "mask_time_prob": 0.65,
+                             **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "tiny.json"
+    tiny_pretraining_config().to_json_file(path)
+    return path
+
+
+@pytest.fixture
+def pretrain_args(mini_root, tiny_config_file):
+    """Arguments of a tiny pretraining run of `steps` updates into `output_dir`, checkpointing every 2."""
+    def args(output_dir, steps: int = 4, *extra: str) -> list[str]:
+        return ["--musicnet_dir", str(mini_root / "musicnet"), "--config_name", str(tiny_config_file),
+                *PRETRAIN_BASE_ARGS, "--max_train_steps", str(steps), "--checkpointing_steps", "2",
+                "--report_to", "none", "--output_dir", str(output_dir), *extra]
+    return args
+
+
+def program_env(**extra) -> dict:
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(os.environ, PYTHONPATH=repo, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **extra)
+
+
+def run_program(name: str, args: list[str], timeout: int = 600, **extra):
+    """`python -m hf_music_w2v.training.NAME ARGS` in a fresh process."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", f"hf_music_w2v.training.{name}", *args], env=program_env(**extra),
+                          capture_output=True, text=True, timeout=timeout)

@@ -13,34 +13,17 @@ import pytest
 from hf_music_w2v.training.arguments import recipe_file, recipe_flags
 from hf_music_w2v.training.layout import RunLayout
 
-from .test_pretraining import BASE_ARGS, tiny_pretraining_config
+from .conftest import program_env, run_program
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def env(**extra) -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **extra)
+    return program_env(**extra)
 
 
 def program(name: str, args: list[str], timeout: int = 600, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"hf_music_w2v.training.{name}", *args], env=env(**extra),
-                          capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def tiny_config_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "tiny.json"
-    tiny_pretraining_config().to_json_file(path)
-    return path
-
-
-@pytest.fixture
-def pretrain_args(mini_root, tiny_config_file):
-    def args(output_dir: Path, steps: int = 4, *extra: str) -> list[str]:
-        return ["--musicnet_dir", str(mini_root / "musicnet"), "--config_name", str(tiny_config_file), *BASE_ARGS,
-                "--max_train_steps", str(steps), "--checkpointing_steps", "2", "--report_to", "none",
-                "--output_dir", str(output_dir), *extra]
-    return args
+    return run_program(name, args, timeout, **extra)
 
 
 def test_recipe_flags_come_first_so_the_command_line_wins():

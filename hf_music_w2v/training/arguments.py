@@ -73,6 +73,8 @@ OPERATIONAL = frozenset({
     "output_dir", "recipe", "overwrite_output_dir", "resume_from_checkpoint", "dataloader_num_workers", "cache_dir",
     "checkpointing_steps", "checkpoints_total_limit", "logging_steps", "report_to", "push_to_hub", "hub_model_id",
     "hub_token", "max_consecutive_skips",
+    # A diverged run is resumed with a lower rate: the schedule is rebuilt from the rate given on resume.
+    "learning_rate", "head_learning_rate",
 })
 
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .arguments import OPERATIONAL, RunArguments
-from .checkpoints import TrainerState, reset_metrics_log, restore_checkpoint, save_checkpoint
+from .checkpoints import TrainerState, params_finite, reset_metrics_log, restore_checkpoint, save_checkpoint
 from .layout import OutputDirInUse, OutputDirTaken, RunLayout
 
 logger = get_logger(__name__)
@@ -270,16 +270,20 @@ def train(task: TrainingTask) -> int:
     optimizer = torch.optim.AdamW(task.parameter_groups(model), lr=run.learning_rate,
                                   betas=(run.adam_beta1, run.adam_beta2), eps=run.adam_epsilon,
                                   weight_decay=run.weight_decay, fused=accelerator.device.type == "cuda")
-    # The schedule counts updates; it is stepped here rather than by accelerate, which would step it once per
-    # process and so change the schedule with the number of processes.
-    scheduler = get_linear_schedule_with_warmup(optimizer, run.warmup(max_steps), max_steps)
+    learning_rates = [group["lr"] for group in optimizer.param_groups]
     if run.torch_compile:
         model.compile()  # compiles forward in place: parameter names, and so checkpoints, stay the same
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     unwrapped = accelerator.unwrap_model(model)
 
-    state = restore_checkpoint(accelerator, run.resume_from_checkpoint, layout.root)
+    state = restore_checkpoint(accelerator, run.resume_from_checkpoint, layout.root, model, optimizer)
+    # The schedule is a function of the update count, rebuilt at the restored update from this run's learning
+    # rates (so a rate given on resume re-bases it). It is stepped here rather than by accelerate, which would
+    # step it once per process and so change the schedule with the number of processes.
+    for group, rate in zip(optimizer.param_groups, learning_rates):
+        group["initial_lr"] = rate
+    scheduler = get_linear_schedule_with_warmup(optimizer, run.warmup(max_steps), max_steps,
+                                                last_epoch=state.step - 1)
     metrics_path = reset_metrics_log(accelerator, layout.metrics, state.step)
     if report_to:
         accelerator.init_trackers(task.name, config={k: v for k, v in task.settings().items()
@@ -339,6 +343,11 @@ def train(task: TrainingTask) -> int:
                 except TrainingDiverged as error:
                     stop(error)
                 state.skipped_updates = guard.total
+                if not result.skipped and not params_finite(unwrapped):
+                    stop(TrainingDiverged(
+                        f"update {state.step + 1} made the weights non-finite; the run stops before saving anything "
+                        "from it (the last checkpoint is intact). Lower --learning_rate (a rate given on resume "
+                        "re-bases the schedule) and resume with --resume_from_checkpoint latest."))
                 if not result.skipped:
                     scheduler.step()
                     state.step += 1
@@ -369,7 +378,7 @@ def train(task: TrainingTask) -> int:
             due = (run.checkpoint_every is None and epoch_done) or final or (
                 complete and not result.skipped and run.checkpoint_every and state.step % run.checkpoint_every == 0)
             if due:
-                save_checkpoint(accelerator, layout.root, state, run.checkpoints_total_limit)
+                save_checkpoint(accelerator, layout.root, state, run.checkpoints_total_limit, model, optimizer)
     progress.close()
     state.train_seconds += time.perf_counter() - window_start
 

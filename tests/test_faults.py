@@ -1,0 +1,173 @@
+"""Runs off the happy path, as an operator meets them: planted and damaged checkpoints, torn logs, divergence."""
+
+import json
+import math
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_music_w2v.training.checkpoints import list_checkpoints, write_manifest
+
+from .conftest import run_program
+
+CHECKPOINT_FILES = ["model.safetensors", "optimizer.pt", "trainer_state.json", "manifest.json"]
+
+
+class Payload:
+    """Unpickling this creates `marker`: proof that loading ran code from the file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def all_finite(path: Path) -> bool:
+    return all(torch.isfinite(t).all() for t in load_file(path).values())
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, mini_root, tiny_config_file):
+    """An uninterrupted 6-update run, checkpointing every 2, every update logged: what resumes must reproduce."""
+    from .conftest import PRETRAIN_BASE_ARGS
+
+    out = tmp_path_factory.mktemp("straight") / "out"
+    args = ["--musicnet_dir", str(mini_root / "musicnet"), "--config_name", str(tiny_config_file),
+            *PRETRAIN_BASE_ARGS, "--max_train_steps", "6", "--checkpointing_steps", "2", "--report_to", "none",
+            "--logging_steps", "1", "--checkpoints_total_limit", "5", "--output_dir", str(out)]
+    result = run_program("pretrain", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"out": out, "args": args}
+
+
+def cut_back_to(run: Path, step: int) -> None:
+    """What a SIGKILL right after checkpoint `step` leaves: later checkpoints, outputs and results are gone."""
+    for checkpoint in list_checkpoints(run):
+        if int(checkpoint.name[5:]) > step:
+            shutil.rmtree(checkpoint)
+    (run / "all_results.json").unlink()
+
+
+def copy_of(straight: dict, tmp_path: Path, step: int) -> tuple[Path, list[str]]:
+    run = tmp_path / "out"
+    shutil.copytree(straight["out"], run)
+    cut_back_to(run, step)
+    args = [a if a != str(straight["out"]) else str(run) for a in straight["args"]]
+    return run, args
+
+
+def assert_same_as_straight(run: Path, straight: dict) -> None:
+    expected, got = read_metrics(straight["out"]), read_metrics(run)
+    keys = ("step", "loss", "grad_norm", "learning_rate", "codevector_perplexity")
+    assert [{k: r[k] for k in keys} for r in got] == [{k: r[k] for k in keys} for r in expected]
+    a, b = load_file(straight["out"] / "model.safetensors"), load_file(run / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("planted", CHECKPOINT_FILES)
+def test_a_pickle_planted_in_a_checkpoint_never_runs(tmp_path, straight, planted):
+    run, args = copy_of(straight, tmp_path, 4)
+    marker = tmp_path / "payload_ran"
+    (run / "checkpoints" / "step_00000004" / planted).write_bytes(pickle.dumps(Payload(marker)))
+    result = run_program("pretrain", [*args, "--resume_from_checkpoint", "latest"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not marker.exists()
+    assert f"skipping a damaged checkpoint: {run / 'checkpoints' / 'step_00000004' / planted}" in result.stdout \
+        or (planted == "manifest.json" and "step_00000004/manifest.json: missing or unreadable" in result.stdout)
+    assert f"resumed from {run / 'checkpoints' / 'step_00000002'} at update 2" in result.stdout
+    assert_same_as_straight(run, straight)
+
+
+@pytest.mark.slow
+def test_a_planted_optimizer_pickle_with_a_matching_manifest_is_refused_by_the_weights_only_loader(tmp_path, straight):
+    run, args = copy_of(straight, tmp_path, 4)
+    marker = tmp_path / "payload_ran"
+    newest = run / "checkpoints" / "step_00000004"
+    torch.save({"state": {}, "param_groups": [], "extra": Payload(marker)}, newest / "optimizer.pt")
+    write_manifest(newest)  # the attacker also rewrote the checksums
+    explicit = run_program("pretrain", [*args, "--resume_from_checkpoint", str(newest)])
+    assert explicit.returncode != 0 and not marker.exists()
+    assert f"cannot resume: {newest / 'optimizer.pt'}: refused" in explicit.stderr
+
+    result = run_program("pretrain", [*args, "--resume_from_checkpoint", "latest"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not marker.exists()
+    assert f"{newest / 'optimizer.pt'}: refused by torch's weights-only loader" in result.stdout
+    assert_same_as_straight(run, straight)
+
+
+@pytest.mark.slow
+def test_a_truncated_newest_checkpoint_falls_back_and_an_explicit_one_is_a_clear_error(tmp_path, straight):
+    run, args = copy_of(straight, tmp_path, 4)
+    weights = run / "checkpoints" / "step_00000004" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    explicit = run_program("pretrain", [*args, "--resume_from_checkpoint", str(weights.parent)])
+    assert explicit.returncode != 0
+    assert f"cannot resume: {weights}: 1000 bytes, the manifest says" in explicit.stderr
+    result = run_program("pretrain", [*args, "--resume_from_checkpoint", "latest"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"skipping a damaged checkpoint: {weights}: 1000 bytes" in result.stdout
+    assert_same_as_straight(run, straight)
+
+
+@pytest.mark.slow
+def test_a_torn_last_log_line_is_dropped_and_reported(tmp_path, straight):
+    run, args = copy_of(straight, tmp_path, 4)
+    log = run / "logs" / "metrics.jsonl"
+    log.write_text(log.read_text() + '{"step": 7, "loss": 4.6, "contrast')  # a write cut off by a crash
+    result = run_program("pretrain", [*args, "--resume_from_checkpoint", "latest"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"dropped the torn last line 7 of {log}" in result.stdout
+    assert_same_as_straight(run, straight)
+
+
+@pytest.mark.slow
+def test_divergence_never_reaches_disk_and_a_lower_rate_on_resume_recovers(tmp_path, straight):
+    run, args = copy_of(straight, tmp_path, 4)
+    diverged = run_program("pretrain", [*args, "--resume_from_checkpoint", "latest", "--learning_rate", "1e30",
+                                        "--max_consecutive_skips", "2"])
+    assert diverged.returncode != 0
+    assert "Lower --learning_rate" in diverged.stderr
+    assert not (run / "all_results.json").exists()
+    for checkpoint in list_checkpoints(run):
+        assert all_finite(checkpoint / "model.safetensors"), checkpoint
+    assert [c.name for c in list_checkpoints(run)] == ["step_00000002", "step_00000004"]
+
+    # The advice as written: resume with a lower rate. The schedule is rebuilt from the rate given on resume.
+    recovered = run_program("pretrain", [*args, "--resume_from_checkpoint", "latest", "--learning_rate", "5e-4"])
+    assert recovered.returncode == 0, recovered.stderr[-3000:]
+    assert all_finite(run / "model.safetensors")
+    assert_same_as_straight(run, straight)  # 5e-4 is the straight run's rate: the very same run
+
+
+@pytest.mark.slow
+def test_nan_audio_stops_the_run_before_any_update_naming_the_file(tmp_path, mini_root, tiny_config_file):
+    import soundfile as sf
+
+    musicnet = tmp_path / "musicnet"
+    shutil.copytree(mini_root / "musicnet", musicnet)
+    for wav in (musicnet / "train_data").glob("*.wav"):
+        audio, rate = sf.read(wav, dtype="float32")
+        audio[:] = math.nan
+        sf.write(wav, audio, rate, subtype="FLOAT")
+    from .conftest import PRETRAIN_BASE_ARGS
+
+    result = run_program("pretrain", ["--musicnet_dir", str(musicnet), "--config_name", str(tiny_config_file),
+                                      *PRETRAIN_BASE_ARGS, "--max_train_steps", "4", "--checkpointing_steps", "1",
+                                      "--max_consecutive_skips", "3", "--report_to", "none",
+                                      "--output_dir", str(tmp_path / "out")],
+                         HF_MUSIC_W2V_CACHE=str(tmp_path / "cache"))
+    assert result.returncode != 0
+    assert "contains" in result.stderr and "NaN or infinite samples" in result.stderr
+    assert str(musicnet / "train_data") in result.stderr
+    assert list_checkpoints(tmp_path / "out") == [] and not (tmp_path / "out" / "model.safetensors").exists()
