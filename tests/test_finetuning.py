@@ -280,3 +280,42 @@ def test_two_processes_train_the_probe_as_one_process_with_twice_the_batch(tmp_p
     results_two = json.loads((tmp_path / "two" / "all_results.json").read_text())
     assert results_two["test_notes"] == 12  # every test note counted once across the two processes
     assert results_one["test_pitch_accuracy"] == results_two["test_pitch_accuracy"]
+
+
+def test_feature_fingerprint_follows_content_not_paths(tmp_path, nsynth_dir, small_backbone):
+    import shutil
+
+    from hf_music_w2v.data import load_nsynth
+    from hf_music_w2v.training.finetune import feature_fingerprint, weights_digest
+
+    def fingerprint(seed: int, data: Path) -> dict:
+        torch.manual_seed(seed)
+        model = build_classifier(str(small_backbone), random_init=True)
+        return feature_fingerprint(weights_digest(model.wav2vec2), load_nsynth(data, "valid",
+                                                                               cache_dir=tmp_path / "cache"), "no")
+
+    original = fingerprint(0, nsynth_dir)
+    moved = tmp_path / "moved"
+    shutil.copytree(nsynth_dir, moved)  # copy2 keeps sizes and modification times
+    assert fingerprint(0, moved) == original  # another path, the same content
+    assert fingerprint(1, moved)["weights"] != original["weights"]  # other weights
+    wav = sorted((moved / "nsynth-valid" / "audio").glob("*.wav"))[0]
+    os.utime(wav, ns=(wav.stat().st_atime_ns, wav.stat().st_mtime_ns + 1_000_000_000))  # the file was rewritten
+    assert fingerprint(0, moved)["notes"] != original["notes"]
+
+
+@pytest.mark.slow
+def test_a_stale_feature_cache_from_other_weights_is_computed_again(tmp_path, nsynth_dir, small_backbone):
+    common = ["--model_name_or_path", str(small_backbone), "--random_init", "--nsynth_dir", str(nsynth_dir), *FAST,
+              "--freeze_base_model", "--max_train_samples", "16", "--max_eval_samples", "8", "--num_train_epochs", "1"]
+    first = run_script(common + ["--output_dir", str(tmp_path / "a"), "--seed", "0"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    import shutil
+
+    shutil.copytree(tmp_path / "a" / "features", tmp_path / "b" / "features")  # the same folder, other weights
+    second = run_script(common + ["--output_dir", str(tmp_path / "b"), "--seed", "1"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "was made from other weights, notes or settings: computing it again" in second.stdout
+    a = load_file(tmp_path / "a" / "features" / "train.safetensors")["features"]
+    b = load_file(tmp_path / "b" / "features" / "train.safetensors")["features"]
+    assert not torch.equal(a, b)

@@ -178,9 +178,58 @@ def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: i
     return matrix
 
 
+#: Bump when what a cached feature means changes (pooling, normalisation, layer).
+FEATURE_FORMAT = 1
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's parameters and buffers (names, dtypes, shapes and bytes): its content, not its path."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def notes_digest(notes) -> str:
+    """SHA-256 of a split's notes: their labels and each audio file's size and modification time (or its bytes).
+
+    Hashing the audio itself would read the whole dataset; a rewritten file changes its size or mtime_ns.
+    """
+    import hashlib
+    import os
+
+    table = notes.with_format(None)
+    digest = hashlib.sha256()
+    for note_str, pitch, family, audio in zip(table["note_str"], table["pitch"], table["instrument_family"],
+                                              table["audio"]):
+        digest.update(f"{note_str}|{pitch}|{family}|".encode())
+        if audio.get("bytes"):
+            digest.update(hashlib.sha256(audio["bytes"]).digest())
+        else:
+            stat = os.stat(audio["path"])
+            digest.update(f"{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def feature_fingerprint(weights: str, notes, mixed_precision: str) -> dict:
+    """What a split's cached features depend on: the backbone's weights (`weights_digest`), the notes, and how
+    they are extracted."""
+    return {"format": FEATURE_FORMAT, "weights": weights, "notes": notes_digest(notes), "count": len(notes),
+            "mixed_precision": mixed_precision}
+
+
 def feature_cache_matches(path: Path, fingerprint: dict) -> bool:
     meta = path.with_suffix(".json")
-    return path.is_file() and meta.is_file() and json.loads(meta.read_text()) == fingerprint
+    if not (path.is_file() and meta.is_file()):
+        return False
+    try:
+        return json.loads(meta.read_text()) == fingerprint
+    except ValueError:
+        return False
 
 
 def save_feature_cache(path: Path, tensors: dict[str, torch.Tensor], fingerprint: dict) -> None:
@@ -331,14 +380,15 @@ class FinetuneTask(TrainingTask):
 
     def cache_features(self, accelerator) -> None:
         """The frozen backbone is deterministic in eval mode, so one pass gives every epoch's inputs."""
-        args, layout = self.args, RunLayout(self.run.output_dir)
+        layout = RunLayout(self.run.output_dir)
         self.model.to(accelerator.device)
-        fingerprint_base = {"model": args.model_name_or_path, "random_init": args.random_init, "seed": self.run.seed,
-                            "nsynth_dir": str(Path(args.nsynth_dir).resolve()), "pitch_range": args.pitch_range}
         start = time.perf_counter()
+        weights = weights_digest(self.model.wav2vec2)
         for name, notes in self.splits.items():
             path = layout.features / f"{name}.safetensors"
-            fingerprint = {**fingerprint_base, "split": name, "notes": len(notes)}
+            fingerprint = feature_fingerprint(weights, notes, accelerator.mixed_precision)
+            if path.is_file() and not feature_cache_matches(path, fingerprint):
+                accelerator.print(f"{path} was made from other weights, notes or settings: computing it again")
             if not feature_cache_matches(path, fingerprint):
                 with accelerator.autocast():
                     predicted = predict_loader(accelerator, self.model, self.eval_loader(accelerator, notes,
