@@ -171,3 +171,94 @@ def test_nan_audio_stops_the_run_before_any_update_naming_the_file(tmp_path, min
     assert "contains" in result.stderr and "NaN or infinite samples" in result.stderr
     assert str(musicnet / "train_data") in result.stderr
     assert list_checkpoints(tmp_path / "out") == [] and not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def wait_and_kill(command: list[str], ready, timeout: float = 300):
+    """Start `command`, SIGKILL it as soon as `ready()` is true; fail if it ends first."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from .conftest import program_env
+
+    process = subprocess.Popen(command, env=program_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def rows_of(run: Path) -> list[dict]:
+    path = run / "logs" / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line being written
+            pass
+    return rows
+
+
+KILL_POINTS = {
+    # each: the moment after which the run is killed (it may have gone a little further by then)
+    "after an update": lambda run: any(r.get("step") == 7 and "loss" in r for r in rows_of(run)),
+    "after a checkpoint": lambda run: (run / "checkpoints" / "step_00000010" / "manifest.json").is_file(),
+    "after validation": lambda run: any("valid_pitch_accuracy" in r and r["epoch"] == 1 for r in rows_of(run)),
+    "after the best-model save": lambda run: (run / "best_model" / "model.safetensors").is_file(),
+    "after the final save": lambda run: (run / "model.safetensors").is_file(),
+}
+
+
+@pytest.fixture(scope="module")
+def finetune_straight(tmp_path_factory, mini_root):
+    from hf_music_w2v.presets import preset_config
+
+    root = tmp_path_factory.mktemp("finetune_kills")
+    preset_config("wav2vec2-small", layerdrop=0.0).save_pretrained(root / "backbone")
+    common = ["--model_name_or_path", str(root / "backbone"), "--random_init", "--nsynth_dir",
+              str(mini_root / "nsynth"), "--max_train_samples", "40", "--max_eval_samples", "16",
+              "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--num_train_epochs", "3",
+              "--checkpointing_steps", "5", "--checkpoints_total_limit", "2", "--logging_steps", "1",
+              "--final_dropout", "0.1", "--learning_rate", "1e-3", "--head_learning_rate", "3e-3",
+              "--no_freeze_feature_encoder", "--report_to", "none"]
+    result = run_program("finetune", [*common, "--output_dir", str(root / "straight")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"root": root, "common": common, "out": root / "straight"}
+
+
+def comparable_results(run: Path) -> dict:
+    results = json.loads((run / "all_results.json").read_text())
+    return {k: v for k, v in results.items() if not k.endswith("_seconds")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_finetuning_killed_at_each_boundary_resumes_to_the_same_run(tmp_path, finetune_straight, point):
+    # 5 updates per epoch and a checkpoint every 5: checkpoints land on epoch ends and on the last update.
+    import sys
+
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "hf_music_w2v.training.finetune", *finetune_straight["common"],
+               "--output_dir", str(run)]
+    wait_and_kill(command, lambda: KILL_POINTS[point](run))
+    assert not (run / "all_results.json").exists()
+    resumed = run_program("finetune", [*finetune_straight["common"], "--output_dir", str(run),
+                                       "--resume_from_checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = finetune_straight["out"]
+    assert rows_of(run) == rows_of(straight)  # every row once: no duplicate or missing validation
+    assert comparable_results(run) == comparable_results(straight)
+    results = comparable_results(run)
+    assert (results["steps"], results["epochs"], results["skipped_updates"]) == (15, 3, 0)
+    a, b = load_file(straight / "model.safetensors"), load_file(run / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    again = run_program("finetune", [*finetune_straight["common"], "--output_dir", str(run),
+                                     "--resume_from_checkpoint", "latest"])
+    assert again.returncode == 0 and "holds a finished run" in again.stdout
+    assert comparable_results(run) == results
