@@ -8,7 +8,7 @@ user's, so flags given on the command line override the file.
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -176,10 +176,6 @@ def settings_of(*arguments) -> dict:
     for args in arguments:
         settings.update(asdict(args))
     return settings
-
-
-def option_names(dataclass_type: type) -> list[str]:
-    return [f.name for f in fields(dataclass_type)]
 
 
 __all__ = ["OPERATIONAL", "RunArguments", "build_parser", "option", "parse_arguments", "recipe_file",

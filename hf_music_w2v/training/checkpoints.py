@@ -23,12 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate.logging import get_logger
 
 from ..atomic import replace_directory
 from .layout import RunLayout
-
-logger = get_logger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"
 MANIFEST_NAME = "manifest.json"
