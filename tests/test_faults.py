@@ -262,3 +262,27 @@ def test_finetuning_killed_at_each_boundary_resumes_to_the_same_run(tmp_path, fi
                                      "--resume_from_checkpoint", "latest"])
     assert again.returncode == 0 and "holds a finished run" in again.stdout
     assert comparable_results(run) == results
+
+
+PRETRAIN_KILL_POINTS = {
+    "after an update": lambda run: any(r.get("step") == 3 for r in rows_of(run)),
+    "after a checkpoint": lambda run: (run / "checkpoints" / "step_00000004" / "manifest.json").is_file(),
+    "after the final save": lambda run: (run / "model.safetensors").is_file(),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", list(PRETRAIN_KILL_POINTS))
+def test_pretraining_killed_at_each_boundary_resumes_to_the_same_run(tmp_path, straight, point):
+    import sys
+
+    run = tmp_path / "killed"
+    args = [a if a != str(straight["out"]) else str(run) for a in straight["args"]]
+    wait_and_kill([sys.executable, "-m", "hf_music_w2v.training.pretrain", *args],
+                  lambda: PRETRAIN_KILL_POINTS[point](run))
+    assert not (run / "all_results.json").exists()
+    resumed = run_program("pretrain", [*args, "--resume_from_checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_as_straight(run, straight)
+    results = json.loads((run / "all_results.json").read_text())
+    assert (results["steps"], results["skipped_updates"]) == (6, 0)
