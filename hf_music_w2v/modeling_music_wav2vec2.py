@@ -123,7 +123,13 @@ class Wav2Vec2ForMusicClassification(Wav2Vec2PreTrainedModel):
                 Clip embeddings computed before (a frozen backbone's `pooled_output`), given instead of
                 `input_values`: only the heads run. This is how a linear probe trains on cached features.
         """
+        # Flags come from the call, else from the config, as in transformers' audio models. They are passed down
+        # resolved: an explicit None would make the backbone record nothing.
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = bool(output_hidden_states if output_hidden_states is not None
+                                    else self.config.output_hidden_states)
+        output_attentions = bool(output_attentions if output_attentions is not None
+                                 else self.config.output_attentions)
         if (input_values is None) == (pooled_output is None):
             raise ValueError("give exactly one of input_values and pooled_output")
         outputs = None
@@ -140,6 +146,7 @@ class Wav2Vec2ForMusicClassification(Wav2Vec2PreTrainedModel):
                 attention_mask=attention_mask,
                 output_hidden_states=output_hidden_states,
                 output_attentions=output_attentions,
+                return_dict=True,
             )
             pooled = self.pool(outputs.last_hidden_state, attention_mask)
         features = self.dropout(pooled)

@@ -163,3 +163,79 @@ def test_an_unsupported_transformers_release_is_refused_with_the_version_needed(
         check_transformers_version("4.57.1")
     with pytest.raises(ImportError, match="pip install 'transformers>=5,<6'"):
         check_transformers_version("6.0.0.dev0")
+
+
+def eager_model(**overrides):
+    config = tiny_music_config(**overrides)
+    config._attn_implementation = "eager"  # SDPA computes no attention maps (transformers warns and returns none)
+    torch.manual_seed(0)
+    return Wav2Vec2ForMusicClassification(config).eval()
+
+
+@pytest.mark.parametrize("source", ["call", "config"])
+def test_hidden_states_and_attentions_follow_the_call_or_the_config(waveforms, source):
+    flags = dict(output_hidden_states=True, output_attentions=True)
+    model = eager_model(**(flags if source == "config" else {}))
+    output = model(waveforms, **(flags if source == "call" else {}))
+    layers, frames = model.config.num_hidden_layers, output.hidden_states[-1].shape[1]
+    assert len(output.hidden_states) == layers + 1  # the Transformer's input, then each layer's output
+    assert all(h.shape == (3, frames, model.config.hidden_size) for h in output.hidden_states)
+    assert len(output.attentions) == layers
+    assert all(a.shape == (3, model.config.num_attention_heads, frames, frames) for a in output.attentions)
+    torch.testing.assert_close(output.hidden_states[-1].mean(dim=1), output.pooled_output)
+    plain = model(waveforms, output_hidden_states=False, output_attentions=False)  # the call overrides the config
+    assert plain.hidden_states is None and plain.attentions is None
+
+
+def test_return_dict_follows_the_config(waveforms):
+    model = eager_model(return_dict=False)
+    assert isinstance(model(waveforms), tuple)
+    assert isinstance(model(waveforms, return_dict=True), MusicClassifierOutput)
+
+
+def test_gradients_are_retained_on_hidden_states_and_attentions(waveforms):
+    model = eager_model(output_hidden_states=True, output_attentions=True)
+    output = model(waveforms, pitch_labels=torch.tensor([60, 61, 62]))
+    hidden, attention = output.hidden_states[0], output.attentions[0]
+    hidden.retain_grad()
+    attention.retain_grad()
+    output.loss.backward()
+    assert hidden.grad is not None and attention.grad is not None
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(waveforms):
+    labels = dict(pitch_labels=torch.tensor([60, 61, 62]), instrument_labels=torch.tensor([0, 3, 10]))
+    grads = []
+    for checkpointing in (False, True):
+        model = eager_model(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                            feat_proj_dropout=0.0, mask_time_prob=0.0).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(waveforms, **labels).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+def test_save_and_load_round_trip_gives_the_same_logits(tmp_path, tiny_model, waveforms):
+    tiny_model.save_pretrained(tmp_path / "model")
+    loaded = Wav2Vec2ForMusicClassification.from_pretrained(tmp_path / "model").eval()
+    torch.testing.assert_close(loaded(waveforms).pitch_logits, tiny_model(waveforms).pitch_logits)
+
+
+def test_torch_export_forward_equals_eager(tiny_model, waveforms):
+    exported = torch.export.export(tiny_model, (waveforms,))
+    expected = tiny_model(waveforms)
+    got = exported.module()(waveforms)
+    torch.testing.assert_close(got.pitch_logits if hasattr(got, "pitch_logits") else got["pitch_logits"],
+                               expected.pitch_logits)
+
+
+@pytest.mark.slow
+def test_torch_compile_forward_equals_eager(tiny_model, waveforms):
+    compiled = torch.compile(tiny_model)
+    expected = tiny_model(waveforms)
+    got = compiled(waveforms)
+    torch.testing.assert_close(got.pitch_logits, expected.pitch_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.instrument_logits, expected.instrument_logits, rtol=1e-4, atol=1e-5)
