@@ -10,6 +10,7 @@
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -20,7 +21,6 @@ from transformers.utils import logging
 
 from . import demo as demo_module
 from .demo import Demo, DemoError, add_demo_arguments
-from .modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification
 from .training.launch import PROGRAMS, launch
 
 logger = logging.get_logger(__name__)
@@ -55,14 +55,37 @@ def default_batch_size(args: argparse.Namespace) -> int:
     return args.batch_size or (16 if str(args.device).startswith("cuda") else 1)
 
 
-def load_for_inference(name: str, device: str):
-    """Model and feature extractor from a folder or Hub id; errors say what MODEL was expected to be."""
+#: Model types `predict` and `embed` run: this package's classifier and the wav2vec2 checkpoints it builds on.
+INFERENCE_MODEL_TYPES = ("music_wav2vec2", "wav2vec2")
+
+
+def load_inference_config(name: str):
+    """The config of MODEL (a folder or Hub id); errors say what MODEL was expected to be."""
+    from transformers import AutoConfig
+
+    path = Path(name)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise SystemExit(f"error: {name} has no config.json; MODEL must be a save_pretrained folder (e.g. the output "
+                         "of hf-music-w2v finetune or pretrain) or a Hub id")
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if not path.exists() and not looks_like_hub_id:
+        raise SystemExit(f"error: no model folder {name}, and it is not a Hub id of the form owner/name")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: cannot load a model from {name!r}: {str(error).splitlines()[0]}") from None
+    if config.model_type not in INFERENCE_MODEL_TYPES:
+        raise SystemExit(f"error: {name} is a {config.model_type} model; expected a wav2vec2 checkpoint or a "
+                         "music_wav2vec2 classifier")
+    return config
+
+
+def load_for_inference(name: str, device: str, model_class=AutoModel):
+    """Model and feature extractor from a folder or Hub id."""
     from .hub import music_feature_extractor
 
-    try:
-        model = AutoModel.from_pretrained(name)
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"error: cannot load a model from {name!r}: {error}") from None
+    load_inference_config(name)
+    model = model_class.from_pretrained(name)
     try:
         extractor = AutoFeatureExtractor.from_pretrained(name)
     except (OSError, ValueError):
@@ -70,38 +93,92 @@ def load_for_inference(name: str, device: str):
     return model.to(device), extractor
 
 
+def widget_head(config) -> str | None:
+    """The head an exported widget folder (`Wav2Vec2ForSequenceClassification`) answers, or None."""
+    if config.model_type == "wav2vec2" and "Wav2Vec2ForSequenceClassification" in (config.architectures or []):
+        return "pitch" if config.num_labels == 128 else "instrument"
+    return None
+
+
+def predict_heads(config) -> dict[str, dict[int, str]]:
+    """Head name -> class names of what MODEL answers; SystemExit if it answers nothing."""
+    if config.model_type == "music_wav2vec2":
+        return {"pitch": config.pitch_id2label, "instrument": config.id2label}
+    head = widget_head(config)
+    if head is None:
+        raise SystemExit(f"error: this model is a {config.model_type} backbone without classification heads; "
+                         "predict needs a fine-tuned classifier (hf-music-w2v finetune output, or one of its "
+                         "exported widget folders). For backbones use `embed`.")
+    return {head: {int(k): v for k, v in config.id2label.items()}}
+
+
 def run_predict(args: argparse.Namespace) -> int:
+    from transformers import AutoModelForAudioClassification
+
     from .inference import AudioRunner, class_probabilities, top_classes
 
-    model, extractor = load_for_inference(args.model, args.device)
-    if not isinstance(model, Wav2Vec2ForMusicClassification):
-        raise SystemExit(f"error: {args.model} is a {type(model).__name__}; predict needs a fine-tuned "
-                         "music_wav2vec2 classifier (training/finetune.py). For backbones use `embed`.")
-    runner = AudioRunner(model, extractor, class_probabilities, batch_size=default_batch_size(args),
-                         window_seconds=args.window_seconds, device=args.device)
-    config = model.config
+    heads = predict_heads(load_inference_config(args.model))
+    if args.top_k > max(len(labels) for labels in heads.values()):
+        raise SystemExit(f"error: --top_k {args.top_k} is more than the model's classes "
+                         f"({', '.join(f'{h}: {len(v)}' for h, v in heads.items())})")
+    model, extractor = load_for_inference(args.model, args.device, AutoModelForAudioClassification)
+    if len(heads) == 1:
+        (head,) = heads
+
+        def outputs_fn(model, inputs):
+            return {head: model(**inputs).logits.softmax(-1)}
+    else:
+        outputs_fn = class_probabilities
+    runner = make_runner(AudioRunner, model, extractor, outputs_fn, args)
+    titles = {"pitch": "pitch", "instrument": "instrument family"}
     results = []
     for result in runner.run(args.files):
         results.append(result)
+        if result.silent:
+            print(json.dumps({"file": result.path, "silent": True, "level_dbfs": result.level_dbfs,
+                              "seconds": round(result.seconds, 3)}) if args.json else f"{result.error}", flush=True)
+            continue
         if result.error:
             print(f"error: {result.error}", file=sys.stderr, flush=True)
             continue
-        pitches = top_classes(result.outputs["pitch"], config.pitch_id2label, args.top_k)
-        families = top_classes(result.outputs["instrument"], config.id2label, args.top_k)
+        ranked = {head: top_classes(result.outputs[head], labels, min(args.top_k, len(labels)))
+                  for head, labels in heads.items()}
         if args.json:
-            print(json.dumps({
-                "file": result.path, "seconds": round(result.seconds, 3), "windows": result.windows,
-                "pitch": [{"midi": i, "name": name, "probability": p} for i, name, p in pitches],
-                "instrument": [{"name": name, "probability": p} for _, name, p in families],
-            }), flush=True)
+            row = {"file": result.path, "seconds": round(result.seconds, 3), "windows": result.windows}
+            if "pitch" in ranked:
+                row["pitch"] = [{"midi": i, "name": name, "probability": p} for i, name, p in ranked["pitch"]]
+            if "instrument" in ranked:
+                row["instrument"] = [{"name": name, "probability": p} for _, name, p in ranked["instrument"]]
+            print(json.dumps(row), flush=True)
         else:
-            pitch_text = ", ".join(f"{name} (MIDI {i}) {p:.3f}" for i, name, p in pitches)
-            family_text = ", ".join(f"{name} {p:.3f}" for _, name, p in families)
-            print(f"{result.path}: pitch {pitch_text} | instrument family {family_text} "
-                  f"[{result.seconds:.1f} s, {result.windows} window(s)]", flush=True)
+            parts = []
+            if "pitch" in ranked:
+                parts.append("pitch " + ", ".join(f"{name} (MIDI {i}) {p:.3f}" for i, name, p in ranked["pitch"]))
+            if "instrument" in ranked:
+                parts.append(f"{titles['instrument']} " + ", ".join(f"{name} {p:.3f}"
+                                                                    for _, name, p in ranked["instrument"]))
+            print(f"{result.path}: {' | '.join(parts)} [{result.seconds:.1f} s, {result.windows} window(s)]",
+                  flush=True)
+    return report_failures(results)
+
+
+def make_runner(runner_class, model, extractor, outputs_fn, args: argparse.Namespace):
+    try:
+        return runner_class(model, extractor, outputs_fn, batch_size=default_batch_size(args),
+                            window_seconds=args.window_seconds, device=args.device)
+    except ValueError as error:  # a window shorter than the model's receptive field
+        raise SystemExit(f"error: --{error}") from None
+
+
+def report_failures(results) -> int:
+    """The closing count on stderr; exit status 1 when any file was not answered."""
     failed = [result for result in results if result.error]
     if failed:
-        print(f"{len(failed)} of {len(results)} file(s) could not be processed", file=sys.stderr)
+        silent = sum(result.silent for result in failed)
+        print(f"{len(failed)} of {len(results)} file(s) could not be processed"
+              + (f" ({silent} silent)" if silent else ""), file=sys.stderr)
+        for result in failed:
+            print(f"  {result.path}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -113,8 +190,7 @@ def run_embed(args: argparse.Namespace) -> int:
     if not -(num_layers + 1) <= args.layer <= num_layers:
         raise SystemExit(f"error: --layer must be in [0, {num_layers}] (0: Transformer input, {num_layers}: last "
                          f"layer) or negative from the end, got {args.layer}")
-    runner = AudioRunner(model, extractor, layer_embedding(args.layer), batch_size=default_batch_size(args),
-                         window_seconds=args.window_seconds, device=args.device)
+    runner = make_runner(AudioRunner, model, extractor, layer_embedding(args.layer), args)
     results = list(runner.run(args.files))
     done = [result for result in results if not result.error]
     for result in results:
@@ -126,10 +202,25 @@ def run_embed(args: argparse.Namespace) -> int:
         embeddings = np.stack([result.outputs["embedding"] for result in done])
         path = save_embeddings(args.output, [result.path for result in done], embeddings, args.layer)
         print(f"wrote {embeddings.shape[0]} embedding(s) of size {embeddings.shape[1]} (layer {args.layer}) to {path}")
-    failed = len(results) - len(done)
-    if failed:
-        print(f"{failed} of {len(results)} file(s) could not be processed", file=sys.stderr)
-    return 1 if failed else 0
+    return report_failures(results)
+
+
+def check_inference_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Argument errors before any model or audio is loaded (exit status 2, as argparse)."""
+    if not args.window_seconds > 0:
+        parser.error(f"--window_seconds must be positive, got {args.window_seconds}")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    if getattr(args, "top_k", 1) < 1:
+        parser.error(f"--top_k must be >= 1, got {args.top_k}")
+    output = getattr(args, "output", None)
+    if output is not None:
+        output = Path(output)
+        if output.suffix != ".npz":
+            parser.error(f"--output must end in .npz (embeddings, file names and layer in one file), got {output}")
+        folder = next((p for p in [output.parent, *output.parent.parents] if p.exists()), Path("."))
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            parser.error(f"--output {output}: cannot write in {folder}")
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -189,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         # The training programs parse their own (many) options; the launcher takes --accelerate_config and
         # --num_processes first.
         return launch(argv[0], argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("predict", "embed"):
+        check_inference_arguments(parser, args)
     args.invocation = shlex.join(["hf-music-w2v", *argv])
     return args.handler(args)
 

@@ -3,7 +3,12 @@
 Files are read with soundfile, downmixed to mono and resampled to the model's rate, then cut into windows of
 `window_seconds` (the last one aligned to the file's end, so nothing is padded; a file shorter than a window
 is one window of its own length). Windows of equal length from several files share a batch; a file's result
-averages its windows. A file that cannot be read is reported and the others are still processed.
+averages its windows.
+
+Every problem is a file's own and the other files are still answered: a file that cannot be read, one
+shorter than the model's receptive field (refused, with the minimum length; wav2vec2-base needs 400 samples,
+25 ms), and a silent one (RMS below `SILENCE_DBFS` after downmixing: its normalised noise would get a
+confident but meaningless answer) are reported instead of answered.
 """
 
 import os
@@ -20,6 +25,22 @@ from .audio import resample, window_starts
 from .data.validation import DataError, read_audio
 
 DEFAULT_WINDOW_SECONDS = 4.0  # NSynth's note length, what the classifier was trained on
+#: A file whose RMS level (after downmixing, full scale = 0 dBFS) is below this is silent: nothing to classify.
+SILENCE_DBFS = -60.0
+
+
+def receptive_field(config) -> int:
+    """The fewest samples from which `config`'s convolutional feature encoder makes one frame."""
+    samples = 1
+    for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride))):
+        samples = (samples - 1) * stride + kernel
+    return samples
+
+
+def level_dbfs(audio: np.ndarray) -> float:
+    """RMS level in dBFS (-inf for digital silence)."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    return 20 * np.log10(rms) if rms > 0 else float("-inf")
 
 
 def load_audio_file(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
@@ -37,6 +58,8 @@ class FileResult:
     windows: int = 0
     seconds: float = 0.0
     error: str | None = None
+    silent: bool = False
+    level_dbfs: float | None = None
 
 
 class AudioRunner:
@@ -52,6 +75,10 @@ class AudioRunner:
         self.batch_size = batch_size
         self.sampling_rate = feature_extractor.sampling_rate
         self.window = round(window_seconds * self.sampling_rate)
+        self.min_samples = receptive_field(model.config)
+        if self.window < self.min_samples:
+            raise ValueError(f"window_seconds must be at least {self.min_samples / self.sampling_rate:.3f} s "
+                             f"(the model's receptive field), got {window_seconds}")
         self.device = torch.device(device)
 
     def run(self, paths: Sequence[str | os.PathLike], files_per_chunk: int | None = None) -> Iterator[FileResult]:
@@ -64,12 +91,26 @@ class AudioRunner:
         results = [FileResult(path) for path in paths]
         by_length: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
         for index, path in enumerate(paths):
+            result = results[index]
+            if Path(path).is_dir():
+                result.error = f"{path}: is a folder; expected an audio file"
+                continue
             try:
                 audio = load_audio_file(path, self.sampling_rate)
             except DataError as error:
-                results[index].error = str(error)
+                result.error = str(error)
                 continue
-            results[index].seconds = len(audio) / self.sampling_rate
+            result.seconds = len(audio) / self.sampling_rate
+            result.level_dbfs = level_dbfs(audio)
+            if len(audio) < self.min_samples:
+                result.error = (f"{path}: too short: {len(audio)} samples at {self.sampling_rate} Hz; the model needs "
+                                f"at least {self.min_samples} ({1000 * self.min_samples / self.sampling_rate:.1f} ms)")
+                continue
+            if result.level_dbfs < SILENCE_DBFS:
+                result.silent = True
+                result.error = (f"{path}: silent (RMS {result.level_dbfs:.1f} dBFS, below {SILENCE_DBFS:.0f} dBFS); "
+                                "not classified")
+                continue
             for start in window_starts(len(audio), self.window, self.window):
                 piece = audio[start : start + self.window]
                 by_length[len(piece)].append((index, piece))
@@ -127,4 +168,4 @@ def save_embeddings(path: str | os.PathLike, files: list[str], embeddings: np.nd
 
 
 __all__ = ["AudioRunner", "FileResult", "class_probabilities", "layer_embedding", "load_audio_file",
-           "save_embeddings", "top_classes"]
+           "receptive_field", "save_embeddings", "top_classes", "SILENCE_DBFS"]

@@ -73,7 +73,7 @@ def test_predict_on_a_note_matches_the_model(model_dir, audio_files, tiny_model,
 
 def test_predict_refuses_a_backbone_without_heads(tmp_path, audio_files):
     Wav2Vec2ForPreTraining(Wav2Vec2Config(**TINY)).save_pretrained(tmp_path / "pre")
-    with pytest.raises(SystemExit, match="predict needs a fine-tuned music_wav2vec2 classifier"):
+    with pytest.raises(SystemExit, match="predict needs a fine-tuned classifier"):
         main(["predict", str(tmp_path / "pre"), str(audio_files["note"])])
 
 
@@ -96,3 +96,105 @@ def test_embed_writes_mean_pooled_layer_outputs(model_dir, audio_files, tiny_mod
 def test_embed_rejects_a_layer_the_model_does_not_have(model_dir, audio_files, tmp_path):
     with pytest.raises(SystemExit, match=r"--layer must be in \[0, 2\]"):
         main(["embed", str(model_dir), str(audio_files["note"]), "--layer", "5", "--output", str(tmp_path / "e.npz")])
+
+
+def write(path, audio, rate=16_000, subtype="PCM_16"):
+    sf.write(path, audio, rate, subtype=subtype)
+    return str(path)
+
+
+def test_too_short_and_silent_files_are_reported_and_the_others_answered(tmp_path, model_dir, audio_files, capsys):
+    from hf_music_w2v.inference import receptive_field
+
+    note = np.random.default_rng(1).uniform(-0.5, 0.5, 16_000)
+    quantised = np.round(note * 32767) / 32767
+    files = [
+        write(tmp_path / "tiny.wav", note[:10]),  # below the tiny model's 20-sample receptive field
+        write(tmp_path / "zeros.wav", np.zeros(64_000)),
+        write(tmp_path / "cancelled.wav", np.stack([quantised, -quantised], axis=1)),  # nothing left after downmix
+        str(audio_files["note"]),
+    ]
+    assert receptive_field(hf_config(model_dir)) == 20
+    code = main(["predict", str(model_dir), *files, "--json", "--batch_size", "4"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert f"{files[0]}: too short: 10 samples at 16000 Hz; the model needs at least 20 (1.2 ms)" in err
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert [row["file"] for row in rows] == files[1:]
+    assert rows[0]["silent"] and rows[1]["silent"] and "pitch" not in rows[0] and "pitch" not in rows[1]
+    assert rows[0]["level_dbfs"] == float("-inf") and rows[1]["level_dbfs"] < -60
+    assert len(rows[2]["pitch"]) == 1 and "silent" not in rows[2]
+    assert "3 of 4 file(s) could not be processed (2 silent)" in err
+
+    text = main(["predict", str(model_dir), files[1]])
+    assert text == 1 and "zeros.wav: silent (RMS -inf dBFS, below -60 dBFS); not classified" in capsys.readouterr().out
+
+
+def hf_config(folder):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(folder)
+
+
+def test_embed_writes_the_good_files_and_lists_the_failed_ones(tmp_path, model_dir, audio_files, capsys):
+    short = write(tmp_path / "tiny.wav", np.ones(5) * 0.1)
+    out = tmp_path / "emb.npz"
+    code = main(["embed", str(model_dir), short, str(audio_files["note"]), str(tmp_path), "--output", str(out)])
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert f"{tmp_path}: is a folder; expected an audio file" in err and "tiny.wav: too short" in err
+    saved = np.load(out)
+    assert list(saved["files"]) == [str(audio_files["note"])]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--window_seconds", "0"], "--window_seconds must be positive, got 0.0"),
+    (["--window_seconds", "-1"], "--window_seconds must be positive"),
+    (["--top_k", "-1"], "--top_k must be >= 1, got -1"),
+    (["--batch_size", "0"], "--batch_size must be >= 1, got 0"),
+])
+def test_bad_predict_arguments_are_refused_before_any_work(model_dir, audio_files, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(model_dir), str(audio_files["note"]), *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_embed_output_is_checked_before_any_audio_is_read(tmp_path, model_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["embed", str(model_dir), str(tmp_path / "never_read.wav"), "--output", str(tmp_path / "x.npy")])
+    assert exit_info.value.code == 2 and "--output must end in .npz" in capsys.readouterr().err
+
+
+def test_window_shorter_than_the_receptive_field_and_too_many_classes_are_clear_errors(model_dir, audio_files):
+    with pytest.raises(SystemExit, match="--window_seconds must be at least 0.001 s"):
+        main(["predict", str(model_dir), str(audio_files["note"]), "--window_seconds", "0.0005"])
+    with pytest.raises(SystemExit, match="--top_k 200 is more than the model's classes"):
+        main(["predict", str(model_dir), str(audio_files["note"]), "--top_k", "200"])
+
+
+def test_models_that_are_not_wav2vec2_or_not_there_get_a_message(tmp_path, audio_files):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16).save_pretrained(
+        tmp_path / "bert")
+    with pytest.raises(SystemExit, match="is a bert model; expected a wav2vec2 checkpoint or a music_wav2vec2"):
+        main(["predict", str(tmp_path / "bert"), str(audio_files["note"])])
+    with pytest.raises(SystemExit, match="no model folder ./nowhere/model, and it is not a Hub id"):
+        main(["embed", "./nowhere/model", str(audio_files["note"]), "--output", str(tmp_path / "e.npz")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="has no config.json"):
+        main(["predict", str(tmp_path / "empty"), str(audio_files["note"])])
+
+
+@pytest.mark.parametrize("head", ["pitch", "instrument"])
+def test_predict_answers_the_one_head_of_an_exported_widget_folder(tmp_path, tiny_model, audio_files, capsys, head):
+    from hf_music_w2v.export import export_widget_models
+
+    folder = export_widget_models(tiny_model, tmp_path / "widget")[head]
+    assert main(["predict", str(folder), str(audio_files["note"]), "--json", "--top_k", "2"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert set(row) == {"file", "seconds", "windows", head}
+    two_head = save_pretrained_atomic(tiny_model, tmp_path / "model")
+    assert main(["predict", str(two_head), str(audio_files["note"]), "--json", "--top_k", "2"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert [c["name"] for c in both[head]] == [c["name"] for c in row[head]]  # identical logits, same ranking
