@@ -120,7 +120,11 @@ BAD_RECORDINGS = {
     "nan": (dict(audio=np.where(np.arange(TONE.size) == 5, np.nan, TONE).astype(np.float32)), "NaN or infinite"),
     "truncated": (dict(audio=TONE, seconds=60), "lasts 3.0 s but the metadata says 60.0 s"),
     "label_row": (dict(labels=[[0, "later", 41, 69, 0.0, 1.0, "Quarter"]]), r"1\.csv:2: expected integer"),
-    "label_order": (dict(labels=[[500, 100, 41, 69, 0.0, 1.0, "Quarter"]]), r"1\.csv:2: need start < end"),
+    "label_order": (dict(labels=[[500, 100, 41, 69, 0.0, 1.0, "Quarter"]]), r"1\.csv:2: need 0 <= start < end"),
+    "label_negative": (dict(labels=[[-5, 100, 41, 69, 0.0, 1.0, "Quarter"]]), r"1\.csv:2: need 0 <= start < end"),
+    "label_beats": (dict(labels=[[0, 100, 41, 69, "nan", 1.0, "Quarter"]]), r"1\.csv:2: start_beat and end_beat"),
+    "seconds_nan": (dict(seconds="nan"), "seconds must be a positive number, found nan"),
+    "seconds_negative": (dict(seconds=-3), "seconds must be a positive number, found -3.0"),
 }
 
 
@@ -146,3 +150,51 @@ def test_unparsable_metadata(tmp_path, cache):
     with pytest.raises(DataError, match="musicnet_metadata.csv: expected columns .* missing composition"):
         load_musicnet(tmp_path / "mn", "train", cache_dir=cache)
 
+
+
+def two_recordings(root):
+    write_recording(root, recording=2)
+    good_metadata = (root / "musicnet_metadata.csv").read_text()
+    write_recording(root, recording=1)
+    bad_row = (root / "musicnet_metadata.csv").read_text().splitlines()[1]
+    (root / "musicnet_metadata.csv").write_text(good_metadata + bad_row + "\n")
+
+
+def raises_then_skips(root, cache, caplog, message, kept):
+    with pytest.raises(DataError, match=message):
+        load_musicnet(root, "train", segment_seconds=2.0, hop_seconds=1.0, cache_dir=cache)
+    dataset = load_musicnet(root, "train", segment_seconds=2.0, hop_seconds=1.0, cache_dir=cache, on_error="skip")
+    assert set(dataset["id"]) == kept
+    assert "skipped 1 invalid MusicNet recordings" in caplog.text
+
+
+def test_a_duplicate_metadata_id_is_an_error_for_that_recording(tmp_path, cache, caplog):
+    root = tmp_path / "mn"
+    two_recordings(root)
+    metadata = root / "musicnet_metadata.csv"
+    metadata.write_text(metadata.read_text() + metadata.read_text().splitlines()[2] + "\n")  # id 1 again
+    raises_then_skips(root, cache, caplog, r"musicnet_metadata.csv:4: recording id 1 appears more than once", {2})
+
+
+def test_a_recording_with_an_odd_file_name_is_an_error_for_that_file(tmp_path, cache, caplog):
+    root = tmp_path / "mn"
+    two_recordings(root)
+    (root / "train_data" / "1.wav").rename(root / "train_data" / "1728².wav")
+    raises_then_skips(root, cache, caplog, "1728².wav: expected a file named <recording id>.wav", {2})
+
+
+def test_a_non_utf8_label_file_is_an_error_for_that_recording(tmp_path, cache, caplog):
+    root = tmp_path / "mn"
+    two_recordings(root)
+    labels = root / "train_labels" / "1.csv"
+    labels.write_bytes(labels.read_bytes() + "0,10,41,69,0.0,1.0,Viertelé\n".encode("latin-1"))
+    raises_then_skips(root, cache, caplog, r"1\.csv: not UTF-8 text", {2})
+
+
+def test_a_non_utf8_metadata_file_names_the_file(tmp_path, cache):
+    root = tmp_path / "mn"
+    write_recording(root)
+    metadata = root / "musicnet_metadata.csv"
+    metadata.write_bytes(metadata.read_text().replace("Test", "Dvořák").encode("cp1250"))
+    with pytest.raises(DataError, match="musicnet_metadata.csv: not UTF-8 text"):
+        load_musicnet(root, "train", cache_dir=cache)

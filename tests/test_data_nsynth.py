@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -123,6 +124,25 @@ def break_one_note(split_dir, how):
     elif how == "wrong_label":
         examples[note_str]["instrument_family_str"] = "vocal" if examples[note_str]["instrument_family"] != 10 else "bass"
         (split_dir / "examples.json").write_text(json.dumps(examples))
+    elif how in ("path_escape", "absolute"):
+        # A real wav outside the dataset: the loader must not read it, nor put its path in a row.
+        outside = split_dir.parent / "outside"
+        outside.mkdir(exist_ok=True)
+        sf.write(outside / "evil.wav", audio, rate, subtype="PCM_16")
+        escaped = "../../outside/evil" if how == "path_escape" else str(outside / "evil")
+        entry = examples.pop(note_str)
+        examples[escaped] = {**entry, "note_str": escaped}
+        (split_dir / "examples.json").write_text(json.dumps(examples))
+        return escaped
+    elif how == "duplicate":
+        text = json.dumps(examples)
+        first = json.dumps({note_str: examples[note_str]})[1:-1]
+        (split_dir / "examples.json").write_text("{" + first + ", " + text[1:])  # json keeps the last silently
+    elif how in ("unhashable_qualities", "huge_velocity", "string_field"):
+        field, value = {"unhashable_qualities": ("qualities", [[0]] * 10), "huge_velocity": ("velocity", 2**70),
+                        "string_field": ("instrument_str", 5)}[how]
+        examples[note_str][field] = value
+        (split_dir / "examples.json").write_text(json.dumps(examples))
     return note_str
 
 
@@ -135,6 +155,12 @@ BAD_NOTES = {
     "stereo": "expected mono audio, found 2 channels",
     "nan": "NaN or infinite",
     "wrong_label": "instrument_family_str says",
+    "path_escape": "must be a plain file name",
+    "absolute": "must be a plain file name",
+    "duplicate": "the key appears 2 times",
+    "unhashable_qualities": "qualities must be a list of 10 0/1 flags",
+    "huge_velocity": "must be a non-negative integer below 2\\*\\*31",
+    "string_field": "field 'instrument_str' must be a string",
 }
 
 
@@ -150,6 +176,17 @@ def test_bad_note_raises_naming_the_file_or_is_skipped_and_counted(tmp_path, min
     skipped = load_nsynth(split_dir, "test", on_error="skip", cache_dir=cache)
     assert len(skipped) == total - 1 and note_str not in skipped["note_str"]
     assert "skipped 1 invalid NSynth notes" in caplog.text
+    assert all(Path(a["path"]).parent == split_dir.resolve() / "audio" for a in skipped.with_format(None)["audio"])
+
+
+def test_a_wav_rewritten_after_the_first_load_is_checked_again(tmp_path, mini_root, cache):
+    split_dir = tmp_path / "nsynth-test"
+    shutil.copytree(mini_root / "nsynth" / "nsynth-test", split_dir)
+    assert len(load_nsynth(split_dir, "test", cache_dir=cache)) > 0  # cached index
+    note_str = break_one_note(split_dir, "truncated")  # rewritten in place: the audio/ folder's own stat may not change
+    with pytest.raises(DataError, match="expected 64000 samples") as error:
+        load_nsynth(split_dir, "test", cache_dir=cache)
+    assert note_str in str(error.value)
 
 
 def test_unparsable_examples_json(tmp_path, mini_root, cache):

@@ -2,6 +2,7 @@
 
 import csv
 import functools
+import math
 import os
 from pathlib import Path
 
@@ -32,24 +33,50 @@ def find_root(path: str | os.PathLike) -> Path:
                           "and musicnet_metadata.csv (directly or under musicnet/)")
 
 
-def read_metadata(path: Path) -> dict[int, dict]:
-    """musicnet_metadata.csv as {id: row}, checking columns and number formats."""
+def read_metadata(path: Path) -> dict[int, dict | DataError]:
+    """musicnet_metadata.csv as {id: row}, checking columns and number formats.
+
+    A row whose values are wrong (seconds not a positive number, an id given twice) maps its id to the
+    `DataError` instead, raised when that recording is read, so `on_error="skip"` can leave it out.
+    """
     if not path.is_file():
         raise DataError(path, "metadata file not found")
-    with open(path, newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        missing = [name for name in METADATA_COLUMNS if name not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(path, f"expected columns {', '.join(METADATA_COLUMNS)}; missing {', '.join(missing)}")
-        metadata = {}
-        for line, row in enumerate(reader, start=2):
-            try:
-                recording = int(row["id"])
-                row["seconds"] = float(row["seconds"])
-            except (TypeError, ValueError) as error:
-                raise DataError(f"{path}:{line}", f"id must be an integer and seconds a number ({error})") from error
+    metadata = {}
+    for line, row in enumerate(read_csv_rows(path, dict_rows=True, expected=METADATA_COLUMNS), start=2):
+        try:
+            recording = int(row["id"])
+            row["seconds"] = float(row["seconds"])
+        except (TypeError, ValueError) as error:
+            raise DataError(f"{path}:{line}", f"id must be an integer and seconds a number ({error})") from error
+        if recording in metadata:
+            metadata[recording] = DataError(f"{path}:{line}", f"recording id {recording} appears more than once")
+        elif not (math.isfinite(row["seconds"]) and row["seconds"] > 0):
+            metadata[recording] = DataError(f"{path}:{line}", f"seconds must be a positive number, found "
+                                                              f"{row['seconds']}")
+        else:
             metadata[recording] = row
     return metadata
+
+
+def read_csv_rows(path: Path, dict_rows: bool, expected: tuple[str, ...]) -> list:
+    """A UTF-8 CSV's rows (dicts, or lists after the header), its header checked; `DataError` naming the file."""
+    try:
+        with open(path, newline="", encoding="utf-8") as file:
+            if dict_rows:
+                reader = csv.DictReader(file)
+                missing = [name for name in expected if name not in (reader.fieldnames or [])]
+                if missing:
+                    raise DataError(path, f"expected columns {', '.join(expected)}; missing {', '.join(missing)}")
+                return list(reader)
+            reader = csv.reader(file)
+            header = next(reader, None)
+            if header is None or tuple(h.strip() for h in header) != expected:
+                raise DataError(path, f"expected the header {','.join(expected)}, found {header}")
+            return list(reader)
+    except UnicodeDecodeError as error:
+        raise DataError(path, f"not UTF-8 text ({error})") from None
+    except csv.Error as error:
+        raise DataError(path, f"not a readable CSV file ({error})") from None
 
 
 def read_labels(path: Path) -> dict[str, np.ndarray]:
@@ -57,22 +84,19 @@ def read_labels(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(path, "label file not found")
     rows = []
-    with open(path, newline="", encoding="utf-8") as file:
-        reader = csv.reader(file)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != LABEL_COLUMNS:
-            raise DataError(path, f"expected the header {','.join(LABEL_COLUMNS)}, found {header}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                start, end, instrument, note = (int(value) for value in row[:4])
-                float(row[4]), float(row[5])
-            except (ValueError, IndexError) as error:
-                raise DataError(f"{path}:{line}", f"expected integer sample times, program and note, then beats "
-                                                  f"({error})") from error
-            if not start < end or not 0 <= note <= 127 or not 1 <= instrument <= 128:
-                raise DataError(f"{path}:{line}", f"need start < end, note in [0, 127], program in [1, 128]; "
-                                                  f"found {row[:4]}")
-            rows.append((start, end, instrument, note))
+    for line, row in enumerate(read_csv_rows(path, dict_rows=False, expected=LABEL_COLUMNS), start=2):
+        try:
+            start, end, instrument, note = (int(value) for value in row[:4])
+            beats = float(row[4]), float(row[5])
+        except (ValueError, IndexError) as error:
+            raise DataError(f"{path}:{line}", f"expected integer sample times, program and note, then beats "
+                                              f"({error})") from error
+        if not 0 <= start < end or not 0 <= note <= 127 or not 1 <= instrument <= 128:
+            raise DataError(f"{path}:{line}", f"need 0 <= start < end, note in [0, 127], program in [1, 128]; "
+                                              f"found {row[:4]}")
+        if not all(math.isfinite(b) for b in beats):
+            raise DataError(f"{path}:{line}", f"start_beat and end_beat must be finite numbers, found {row[4:6]}")
+        rows.append((start, end, instrument, note))
     columns = np.asarray(rows, dtype=np.int64).reshape(-1, 4).T
     return dict(zip(("start", "end", "instrument", "note"), columns))
 
@@ -101,8 +125,10 @@ def list_recordings(root: Path, split: str) -> list[dict]:
     metadata = read_metadata(root / "musicnet_metadata.csv")
     recordings = []
     for wav in sorted(data_dir.glob("*.wav"), key=lambda p: p.stem):
-        if not wav.stem.isdigit():
-            raise DataError(wav, "expected a file named <recording id>.wav")
+        if not (wav.stem.isascii() and wav.stem.isdigit()):  # str.isdigit accepts "²", which int() refuses
+            recordings.append({"id": None, "wav": wav, "labels": label_dir / f"{wav.stem}.csv",
+                               "error": DataError(wav, "expected a file named <recording id>.wav (ASCII digits)")})
+            continue
         recordings.append({
             "id": int(wav.stem),
             "wav": wav,
@@ -114,10 +140,19 @@ def list_recordings(root: Path, split: str) -> list[dict]:
     return recordings
 
 
-def read_recording(recording: dict) -> np.ndarray:
-    """Decode one recording at 44.1 kHz, checking it against its metadata row."""
+def check_recording(recording: dict) -> None:
+    """Raise what is wrong with a recording's name or metadata row, before anything is read."""
+    if recording.get("error"):
+        raise recording["error"]
     if recording["metadata"] is None:
         raise DataError(recording["wav"], f"recording {recording['id']} has no row in musicnet_metadata.csv")
+    if isinstance(recording["metadata"], DataError):
+        raise recording["metadata"]
+
+
+def read_recording(recording: dict) -> np.ndarray:
+    """Decode one recording at 44.1 kHz, checking it against its metadata row."""
+    check_recording(recording)
     audio, _ = read_audio(recording["wav"], expected_sampling_rate=MUSICNET_SAMPLING_RATE)
     expected = recording["metadata"]["seconds"]
     found = audio.size / MUSICNET_SAMPLING_RATE
@@ -213,6 +248,7 @@ def build_index(recordings: list[dict], options: tuple, cache: Path) -> Dataset:
     rows = []
     for recording in tqdm(recordings, desc="decoding + resampling MusicNet", unit="recording"):
         try:
+            check_recording(recording)
             labels = read_labels(recording["labels"])
             resampled_path = cache / "resampled" / f"{cache_key(recording['wav'], sampling_rate)}.npy"
             if not resampled_path.exists():
@@ -238,6 +274,7 @@ def stream_windows(recordings: list[dict], options: tuple):
     skips = SkipLog("MusicNet recordings")
     for recording in recordings:
         try:
+            check_recording(recording)
             labels = read_labels(recording["labels"])
             audio = resample(read_recording(recording), MUSICNET_SAMPLING_RATE, sampling_rate)
         except DataError as error:

@@ -83,8 +83,18 @@ def validate_entry(key: str, entry: object, examples_path: Path) -> dict:
     for name in _INT_FIELDS:
         if not isinstance(entry[name], int) or isinstance(entry[name], bool):
             raise DataError(where, f"field {name!r} must be an integer, found {entry[name]!r}")
+        if not 0 <= entry[name] < 2**31:
+            raise DataError(where, f"field {name!r} must be a non-negative integer below 2**31, found {entry[name]}")
+    for name in _STR_FIELDS:
+        if not isinstance(entry[name], str):
+            raise DataError(where, f"field {name!r} must be a string, found {entry[name]!r}")
     if entry["note_str"] != key:
         raise DataError(where, f"note_str {entry['note_str']!r} differs from its key")
+    if not is_plain_file_name(key):
+        raise DataError(where, "note_str names the file audio/<note_str>.wav, so it must be a plain file name "
+                               "(no path separator, no '..', not absolute)")
+    if not 1 <= entry["velocity"] <= 127:
+        raise DataError(where, f"velocity must be a MIDI velocity in [1, 127], found {entry['velocity']}")
     if not 0 <= entry["pitch"] <= 127:
         raise DataError(where, f"pitch must be a MIDI number in [0, 127], found {entry['pitch']}")
     family = entry["instrument_family"]
@@ -102,16 +112,35 @@ def validate_entry(key: str, entry: object, examples_path: Path) -> dict:
             where, f"instrument_source {source} / {entry['instrument_source_str']!r} is not one of {NSYNTH_SOURCES}"
         )
     qualities = entry["qualities"]
-    if not (isinstance(qualities, list) and len(qualities) == len(NSYNTH_QUALITIES) and set(qualities) <= {0, 1}):
+    if not (isinstance(qualities, list) and len(qualities) == len(NSYNTH_QUALITIES)
+            and all(type(flag) is int and flag in (0, 1) for flag in qualities)):
         raise DataError(where, f"qualities must be a list of {len(NSYNTH_QUALITIES)} 0/1 flags, found {qualities!r}")
     row = {name: entry[name] for name in (*_INT_FIELDS, *_STR_FIELDS, "qualities")}
     row["qualities_str"] = [name for name, flag in zip(NSYNTH_QUALITIES, qualities) if flag]
     return row
 
 
+def is_plain_file_name(name: str) -> bool:
+    """True for a name that stays inside its folder: no separator, no '..', not absolute, no NUL."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in ("/", "\\", "\0")) \
+        and not Path(name).is_absolute()
+
+
+class DuplicateKeys(dict):
+    """examples.json as a dict, remembering keys that appear more than once (json keeps only the last)."""
+
+    def __init__(self, pairs):
+        super().__init__()
+        self.duplicates: dict[str, int] = {}
+        for key, value in pairs:
+            if key in self:
+                self.duplicates[key] = self.duplicates.get(key, 1) + 1
+            self[key] = value
+
+
 def read_examples_json(examples_path: Path) -> dict:
     try:
-        examples = json.loads(examples_path.read_text())
+        examples = json.loads(examples_path.read_text(encoding="utf-8"), object_pairs_hook=DuplicateKeys)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(examples_path, f"not valid JSON ({error})") from error
     if not isinstance(examples, dict):
@@ -127,6 +156,9 @@ def build_index(split_dir: Path, on_error: str) -> Dataset:
     rows = []
     for key, entry in tqdm(examples.items(), desc=f"checking {split_dir.name}", unit="note"):
         try:
+            if key in getattr(examples, "duplicates", {}):
+                raise DataError(f"{examples_path} entry {key!r}",
+                                f"the key appears {examples.duplicates[key]} times; which one is meant is unclear")
             row = validate_entry(key, entry, examples_path)
             wav = split_dir / "audio" / f"{key}.wav"
             if row["sample_rate"] != SAMPLING_RATE:
