@@ -200,3 +200,17 @@ def test_unparsable_examples_json(tmp_path, mini_root, cache):
 def test_not_an_nsynth_folder(tmp_path, cache):
     with pytest.raises(DataError, match="not an NSynth folder"):
         load_nsynth(tmp_path, "train", cache_dir=cache)
+
+
+def test_the_decoded_dataset_survives_datasets_usual_operations(mini_root, cache):
+    notes = load_nsynth(mini_root / "nsynth", "valid", cache_dir=cache)
+    lengths = notes.map(lambda b: {"samples": [len(a["array"]) for a in b["audio"]]}, batched=True,
+                        remove_columns=["audio"])
+    assert "audio" not in lengths.column_names and set(lengths["samples"]) == {64_000}
+    high = notes.filter(lambda pitch: pitch >= 60, input_columns=["pitch"])
+    assert 0 < len(high) < len(notes) and high[0]["audio"]["array"].shape == (64_000,)
+    assert notes.select([1])[0]["note_str"] == notes[1]["note_str"]
+    halves = notes.train_test_split(test_size=0.5, seed=0)
+    assert halves["test"][0]["audio"]["array"].dtype == np.float32
+    batch = next(notes.iter(batch_size=4))
+    assert len(batch["audio"]) == 4 and batch["audio"][0]["sampling_rate"] == 16_000

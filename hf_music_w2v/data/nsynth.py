@@ -176,7 +176,14 @@ def build_index(split_dir: Path, on_error: str) -> Dataset:
 
 
 def decode_audio_batch(batch: dict, sampling_rate: int = SAMPLING_RATE) -> dict:
-    """`set_transform` hook: turn `audio` entries ({bytes, path}) into {array: float32, sampling_rate}."""
+    """`set_transform` hook: turn `audio` entries ({bytes, path}) into {array: float32, sampling_rate}.
+
+    The hook survives `datasets` operations (`map`, `filter`, `select`, ...), some of which hand it batches
+    without the `audio` column (`map(..., remove_columns=["audio"])`, `filter(..., input_columns=[...])`): those
+    pass through unchanged.
+    """
+    if "audio" not in batch:
+        return batch
     decoded = []
     for item in batch["audio"]:
         source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
