@@ -135,6 +135,8 @@ class MusicWav2Vec2Config(Wav2Vec2Config):
     """
 
     model_type = "music_wav2vec2"
+    # Trainer's predictions are then the two heads' logits, pitch then instrument (`logits` repeats the latter).
+    keys_to_ignore_at_inference = ["logits", "pooled_output", "hidden_states", "attentions"]
 
     pitch_id2label: dict[int, str] | dict[str, str] | None = None
     pitch_loss_weight: float = 1.0

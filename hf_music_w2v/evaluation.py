@@ -36,3 +36,20 @@ def head_metrics(logits: np.ndarray, labels: np.ndarray, top_k: int = 5) -> dict
     results.update(load_metric("top_k_accuracy").compute(predictions=logits, references=labels, k=[top_k]))
     results.update(load_metric("macro_f1").compute(predictions=predictions, references=labels))
     return results
+
+
+def compute_metrics(eval_prediction) -> dict[str, float]:
+    """`Trainer(compute_metrics=...)` for `Wav2Vec2ForMusicClassification`: both heads' accuracy and their mean.
+
+    The config's `keys_to_ignore_at_inference` leaves Trainer the two heads' logits, in the order pitch,
+    instrument; with `label_names=["pitch_labels", "instrument_labels"]` its label ids come in the same order.
+    """
+    (pitch_logits, instrument_logits), (pitch_labels, instrument_labels) = eval_prediction.predictions, \
+        eval_prediction.label_ids
+    results = {}
+    for head, logits, labels in (("pitch", pitch_logits, pitch_labels),
+                                 ("instrument", instrument_logits, instrument_labels)):
+        keep = np.asarray(labels) != -100
+        results[f"{head}_accuracy"] = float((np.asarray(logits)[keep].argmax(axis=1) == np.asarray(labels)[keep]).mean())
+    results["mean_accuracy"] = (results["pitch_accuracy"] + results["instrument_accuracy"]) / 2
+    return results

@@ -18,3 +18,5 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "torch.Size([1, 128]) torch.Size([1, 11])" in printed
     assert "A4 bass" in printed
+    assert "['eval_instrument_accuracy', 'eval_mean_accuracy', 'eval_pitch_accuracy']" in printed
+    assert "Wav2Vec2ForMusicClassification" in printed  # the Trainer's saved model, reloaded by AutoModel

@@ -1,13 +1,14 @@
 """Dataset loaders in the official layouts (MusicNet, NSynth) and the miniature-copy renderer."""
 
 from .musicnet import load_musicnet, read_labels, read_metadata, window_starts
-from .nsynth import NSYNTH_QUALITIES, NSYNTH_SOURCES, load_nsynth
+from .nsynth import NSYNTH_QUALITIES, NSYNTH_SOURCES, collate_notes, load_nsynth
 from .validation import DataError
 
 __all__ = [
     "DataError",
     "NSYNTH_QUALITIES",
     "NSYNTH_SOURCES",
+    "collate_notes",
     "load_musicnet",
     "load_nsynth",
     "read_labels",

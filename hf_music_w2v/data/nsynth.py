@@ -10,7 +10,7 @@ import soundfile as sf
 from datasets import Audio, ClassLabel, Dataset, Features, Sequence, Value, load_dataset, load_from_disk
 from tqdm.auto import tqdm
 
-from ..audio import NOTE_SAMPLES, SAMPLING_RATE, resample
+from ..audio import NOTE_SAMPLES, SAMPLING_RATE, fixed_length, normalize_audio, resample
 from ..configuration_music_wav2vec2 import NSYNTH_INSTRUMENT_FAMILIES
 from .cache import cache_key, publish_dataset, resolve_cache_dir
 from .validation import DataError, SkipLog, check_on_error, read_audio
@@ -260,3 +260,20 @@ def load_hub_copy(path_or_hub_id: str, split: str) -> Dataset:
     if missing:
         raise DataError(path_or_hub_id, f"expected NSynth's columns; missing {', '.join(missing)}")
     return dataset.cast_column("audio", Audio(decode=False))
+
+
+def collate_notes(rows: list[dict]) -> dict:
+    """NSynth rows (decoded audio) -> model inputs: normalised 4 s waveforms and both label kinds.
+
+    The data collator of fine-tuning, usable as `Trainer(data_collator=collate_notes, ...)` (with
+    `remove_unused_columns=False`, so the rows keep their audio, and `label_names=["pitch_labels",
+    "instrument_labels"]`).
+    """
+    import torch
+
+    audio = torch.from_numpy(np.stack([fixed_length(row["audio"]["array"]) for row in rows]))
+    return {
+        "input_values": normalize_audio(audio),
+        "pitch_labels": torch.tensor([row["pitch"] for row in rows]),
+        "instrument_labels": torch.tensor([row["instrument_family"] for row in rows]),
+    }

@@ -26,8 +26,8 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 
 from ..atomic import atomic_path, write_text_atomic
-from ..audio import fixed_length, normalize_audio
 from ..configuration_music_wav2vec2 import MusicWav2Vec2Config
+from ..data.nsynth import collate_notes
 from ..export import export_widget_models
 from ..hub import (
     music_feature_extractor,
@@ -70,16 +70,6 @@ def build_classifier(model_name_or_path: str, random_init: bool = False, **confi
     if random_init:
         return Wav2Vec2ForMusicClassification(config)
     return Wav2Vec2ForMusicClassification.from_pretrained(model_name_or_path, config=config)
-
-
-def collate_notes(rows: list[dict]) -> dict[str, torch.Tensor]:
-    """NSynth rows (decoded audio) -> model inputs: normalised 4 s waveforms and both label kinds."""
-    audio = torch.from_numpy(np.stack([fixed_length(row["audio"]["array"]) for row in rows]))
-    return {
-        "input_values": normalize_audio(audio),
-        "pitch_labels": torch.tensor([row["pitch"] for row in rows]),
-        "instrument_labels": torch.tensor([row["instrument_family"] for row in rows]),
-    }
 
 
 class PooledFeatures(TorchDataset):
