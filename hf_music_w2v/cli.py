@@ -6,6 +6,7 @@
     hf-music-w2v make-mini-datasets data/mini --seed 0
     hf-music-w2v predict MODEL note.wav song.flac [--top_k 3] [--json]
     hf-music-w2v embed MODEL *.wav --layer 6 --output embeddings.npz
+    hf-music-w2v export-onnx MODEL model.onnx
 """
 
 import argparse
@@ -15,12 +16,14 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, AutoModel
 from transformers.utils import logging
 
 from . import demo as demo_module
 from .demo import Demo, DemoError, add_demo_arguments
+from .modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification
 from .training.launch import PROGRAMS, launch
 
 logger = logging.get_logger(__name__)
@@ -223,6 +226,31 @@ def check_inference_arguments(parser: argparse.ArgumentParser, args: argparse.Na
             parser.error(f"--output {output}: cannot write in {folder}")
 
 
+def run_export_onnx(args: argparse.Namespace) -> int:
+    from .audio import harmonic_note
+    from .onnx_export import export_onnx, onnx_difference, require_onnx
+
+    try:
+        require_onnx()
+    except ImportError as error:
+        raise SystemExit(f"error: {error}") from None
+    if Path(args.output).suffix != ".onnx":
+        raise SystemExit(f"error: OUTPUT must end in .onnx, got {args.output}")
+    config = load_inference_config(args.model)
+    if config.model_type != "music_wav2vec2":
+        raise SystemExit(f"error: {args.model} is a {config.model_type} model; export-onnx exports the two-head "
+                         "music_wav2vec2 classifier (hf-music-w2v finetune output)")
+    model = Wav2Vec2ForMusicClassification.from_pretrained(args.model).eval()
+    path = export_onnx(model, args.output, opset=args.opset)
+    # Check the graph on two test notes of different lengths, normalised as the feature extractor does.
+    notes = np.stack([harmonic_note(60, seconds=4.0), harmonic_note(69, seconds=4.0)])
+    notes = (notes - notes.mean(axis=1, keepdims=True)) / np.sqrt(notes.var(axis=1, keepdims=True) + 1e-7)
+    difference = max(onnx_difference(model, path, notes), onnx_difference(model, path, notes[:1, :24_000]))
+    print(f"wrote {path} (outputs {', '.join(('pitch_logits', 'instrument_logits'))}); onnxruntime agrees with "
+          f"PyTorch within {difference:.2e}")
+    return 0 if difference < 1e-4 else 1
+
+
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a folder or Hub id")
     parser.add_argument("files", nargs="+", help="audio files (any sample rate, channel count or length)")
@@ -271,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="0: Transformer input, N: output of layer N, -1: last layer (default)")
     embed.add_argument("--output", required=True, help="the .npz to write (embeddings, files, layer)")
     embed.set_defaults(handler=run_embed)
+
+    onnx = commands.add_parser("export-onnx", help="the two-head classifier as one ONNX graph (needs the onnx extra)")
+    onnx.add_argument("model", help="a fine-tuned music_wav2vec2 folder or Hub id")
+    onnx.add_argument("output", help="the .onnx file to write")
+    onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    onnx.set_defaults(handler=run_export_onnx)
     return parser
 
 

@@ -53,3 +53,38 @@ def test_exported_folders_run_in_the_standard_pipeline(tmp_path, tiny_model):
         logits = output.pitch_logits if head == "pitch" else output.instrument_logits
         best = int(logits.argmax())
         assert top[0]["label"] == (tiny_model.config.pitch_id2label if head == "pitch" else tiny_model.config.id2label)[best]
+
+
+@pytest.mark.slow
+def test_onnx_export_names_both_heads_and_agrees_with_pytorch_on_real_notes(tmp_path, tiny_model, mini_root, capsys):
+    import onnx
+
+    from hf_music_w2v import save_pretrained_atomic
+    from hf_music_w2v.audio import normalize_audio
+    from hf_music_w2v.cli import main
+    from hf_music_w2v.data import load_nsynth
+    from hf_music_w2v.onnx_export import onnx_difference
+
+    folder = save_pretrained_atomic(tiny_model, tmp_path / "model")
+    assert main(["export-onnx", str(folder), str(tmp_path / "model.onnx")]) == 0
+    assert "onnxruntime agrees with PyTorch within" in capsys.readouterr().out
+    graph = onnx.load(tmp_path / "model.onnx").graph
+    assert [o.name for o in graph.output] == ["pitch_logits", "instrument_logits"]
+    notes = load_nsynth(mini_root / "nsynth", "test").select(range(5))
+    audio = normalize_audio(torch.from_numpy(np.stack([n["audio"]["array"] for n in notes]))).numpy()
+    assert onnx_difference(tiny_model, tmp_path / "model.onnx", audio) < 1e-4
+    assert onnx_difference(tiny_model, tmp_path / "model.onnx", audio[:2, :20_000]) < 1e-4  # other batch and length
+
+
+def test_onnx_export_refuses_what_it_cannot_export(tmp_path):
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from hf_music_w2v.cli import main
+
+    from .conftest import TINY
+
+    Wav2Vec2Model(Wav2Vec2Config(**TINY)).save_pretrained(tmp_path / "backbone")
+    with pytest.raises(SystemExit, match="export-onnx exports the two-head music_wav2vec2 classifier"):
+        main(["export-onnx", str(tmp_path / "backbone"), str(tmp_path / "m.onnx")])
+    with pytest.raises(SystemExit, match="OUTPUT must end in .onnx"):
+        main(["export-onnx", str(tmp_path / "backbone"), str(tmp_path / "m.bin")])
