@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from hf_music_w2v.training.arguments import recipe_file, recipe_flags
 from hf_music_w2v.training.layout import RunLayout
@@ -150,3 +151,18 @@ def test_bf16_updates_run_on_cpu(tmp_path, pretrain_args, mini_root, compile_):
     assert finetune.returncode == 0, finetune.stderr[-3000:]
     results = json.loads((tmp_path / "ft" / "all_results.json").read_text())
     assert results["steps"] == 2 and results["skipped_updates"] == 0 and 0 <= results["test_pitch_accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_the_command_line_launches_several_cpu_processes(tmp_path, pretrain_args):
+    # `hf-music-w2v pretrain --num_processes 2` without an accelerate config: on a machine without GPUs the
+    # processes go through torchrun on the CPU (accelerate's own --cpu --num_processes 2 starts only one).
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine the processes would use the GPUs")
+    env_without = {k: v for k, v in env().items() if k != "ACCELERATE_USE_CPU"}
+    result = subprocess.run([sys.executable, "-m", "hf_music_w2v.cli", "pretrain", "--num_processes", "2",
+                             *pretrain_args(tmp_path / "out", 2, "--per_device_train_batch_size", "1")],
+                            env=env_without, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pretraining on 2 process(es)" in result.stdout
+    assert json.loads((tmp_path / "out" / "all_results.json").read_text())["steps"] == 2
