@@ -51,6 +51,55 @@ def resample(audio: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     return resampled.numpy()
 
 
+def resampled_length(num_samples: int, orig_rate: int, new_rate: int) -> int:
+    """Samples `resample` makes of `num_samples` (torchaudio's ceil(new * length / orig))."""
+    from math import gcd
+
+    g = gcd(orig_rate, new_rate)
+    return -(-(new_rate // g) * num_samples // (orig_rate // g))
+
+
+def resample_blocks(blocks, orig_rate: int, new_rate: int, min_frames: int = 64):
+    """Resample a recording given as consecutive `[sample]` blocks; yields the output in consecutive pieces.
+
+    The concatenated output equals `resample` of the concatenated input (up to float rounding), while memory
+    stays bounded by a few blocks. torchaudio's resampler computes each group of `new` outputs (rates reduced
+    by their gcd) from the inputs around the matching group of `orig` inputs, `width` on either side; so each
+    piece is resampled with `width` samples of real context on both sides (rounded up to whole groups) and the
+    context's outputs are dropped.
+    """
+    from math import ceil, gcd
+
+    if orig_rate == new_rate:
+        for block in blocks:
+            yield np.asarray(block, dtype=np.float32)
+        return
+    g = gcd(orig_rate, new_rate)
+    o, n = orig_rate // g, new_rate // g
+    width = ceil(6 * o / (min(o, n) * 0.99))  # torchaudio's default lowpass_filter_width=6, rolloff=0.99
+    context = ceil(width / o) * o
+    buffer, buffer_start, total, frame = np.zeros(0, dtype=np.float32), 0, 0, 0
+
+    def piece(first_frame: int, last_frame: int | None) -> np.ndarray:
+        start = max(0, first_frame * o - context)
+        end = total if last_frame is None else min(total, last_frame * o + width)
+        out = resample(buffer[start - buffer_start : end - buffer_start], orig_rate, new_rate)
+        skip = (first_frame * o - start) // o * n
+        return out[skip:] if last_frame is None else out[skip : skip + (last_frame - first_frame) * n]
+
+    for block in blocks:
+        buffer = np.concatenate([buffer, np.asarray(block, dtype=np.float32)])
+        total += len(block)
+        ready = (total - width) // o  # frames whose right context has arrived
+        if ready - frame >= min_frames:
+            yield piece(frame, ready)
+            frame = ready
+            keep_from = max(0, frame * o - context)
+            buffer, buffer_start = buffer[keep_from - buffer_start :], keep_from
+    if total > frame * o:
+        yield piece(frame, None)
+
+
 def fixed_length(audio: np.ndarray, samples: int = NOTE_SAMPLES) -> np.ndarray:
     """Cut or zero-pad a `[sample]` note to `samples` (NSynth notes are all 4 s; some copies are not)."""
     if len(audio) >= samples:

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .audio import resample, window_starts
-from .data.validation import DataError, read_audio
+from .audio import resample_blocks, resampled_length, window_starts
+from .data.musicnet import windows_of_stream
+from .data.validation import DataError, audio_info, read_audio_blocks
 
 DEFAULT_WINDOW_SECONDS = 4.0  # NSynth's note length, what the classifier was trained on
 #: A file whose RMS level (after downmixing, full scale = 0 dBFS) is below this is silent: nothing to classify.
@@ -37,16 +38,20 @@ def receptive_field(config) -> int:
     return samples
 
 
-def level_dbfs(audio: np.ndarray) -> float:
-    """RMS level in dBFS (-inf for digital silence)."""
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
-    return 20 * np.log10(rms) if rms > 0 else float("-inf")
+def file_windows(path: str | os.PathLike, sampling_rate: int, window: int):
+    """(samples at `sampling_rate`, iterator of (start, window) pairs) of an audio file, read a block at a time.
 
-
-def load_audio_file(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
-    """A file as mono float32 `[sample]` at `sampling_rate`; `DataError` naming the file if it is unusable."""
-    audio, rate = read_audio(path, downmix=True)
-    return resample(audio, rate, sampling_rate)
+    Any channel count is downmixed and any rate resampled; the windows are back-to-back, the last one ending
+    with the file (a file shorter than a window is one window of its own length). `DataError` names the file.
+    """
+    frames, rate = audio_info(path)
+    total = resampled_length(frames, rate, sampling_rate)
+    if total == 0:
+        raise DataError(path, "contains no samples")
+    pieces = resample_blocks(read_audio_blocks(path, downmix=True), rate, sampling_rate)
+    starts = window_starts(total, window, window)
+    return total, ((start, audio[: min(window, total - start)])
+                   for start, audio in windows_of_stream(pieces, total, starts, window))
 
 
 @dataclass
@@ -92,27 +97,30 @@ class AudioRunner:
         by_length: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
         for index, path in enumerate(paths):
             result = results[index]
-            if Path(path).is_dir():
-                result.error = f"{path}: is a folder; expected an audio file"
-                continue
             try:
-                audio = load_audio_file(path, self.sampling_rate)
+                total, windows = file_windows(path, self.sampling_rate, self.window)
+                if total < self.min_samples:
+                    raise DataError(path, f"too short: {total} samples at {self.sampling_rate} Hz; the model needs "
+                                          f"at least {self.min_samples} "
+                                          f"({1000 * self.min_samples / self.sampling_rate:.1f} ms)")
+                pieces, energy = [], 0.0
+                for _, piece in windows:  # back to back: together they hold every sample once, or more at the end
+                    pieces.append(piece)
+                    energy += float(np.square(piece, dtype=np.float64).sum())
             except DataError as error:
                 result.error = str(error)
                 continue
-            result.seconds = len(audio) / self.sampling_rate
-            result.level_dbfs = level_dbfs(audio)
-            if len(audio) < self.min_samples:
-                result.error = (f"{path}: too short: {len(audio)} samples at {self.sampling_rate} Hz; the model needs "
-                                f"at least {self.min_samples} ({1000 * self.min_samples / self.sampling_rate:.1f} ms)")
-                continue
+            result.seconds = total / self.sampling_rate
+            overlap = sum(len(p) for p in pieces) - total  # the end-aligned last window repeats some samples
+            last = pieces[-1][: overlap] if overlap > 0 else pieces[-1][:0]
+            mean_square = (energy - float(np.square(last, dtype=np.float64).sum())) / total
+            result.level_dbfs = 10 * np.log10(mean_square) if mean_square > 0 else float("-inf")
             if result.level_dbfs < SILENCE_DBFS:
                 result.silent = True
                 result.error = (f"{path}: silent (RMS {result.level_dbfs:.1f} dBFS, below {SILENCE_DBFS:.0f} dBFS); "
                                 "not classified")
                 continue
-            for start in window_starts(len(audio), self.window, self.window):
-                piece = audio[start : start + self.window]
+            for piece in pieces:
                 by_length[len(piece)].append((index, piece))
         sums: dict[int, dict[str, np.ndarray]] = {}
         for pieces in by_length.values():
@@ -167,5 +175,5 @@ def save_embeddings(path: str | os.PathLike, files: list[str], embeddings: np.nd
     return path
 
 
-__all__ = ["AudioRunner", "FileResult", "class_probabilities", "layer_embedding", "load_audio_file",
+__all__ = ["AudioRunner", "FileResult", "class_probabilities", "file_windows", "layer_embedding",
            "receptive_field", "save_embeddings", "top_classes", "SILENCE_DBFS"]

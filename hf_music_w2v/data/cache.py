@@ -4,10 +4,9 @@ import hashlib
 import os
 from pathlib import Path
 
-import numpy as np
 from datasets import Dataset
 
-from ..atomic import atomic_path, staged_directory
+from ..atomic import staged_directory
 
 CACHE_FORMAT = 2  # bump when what is cached changes meaning
 
@@ -48,9 +47,3 @@ def publish_dataset(dataset: Dataset, target: Path) -> None:
     """`save_to_disk` into a temporary sibling, then move it to `target` in one rename."""
     with staged_directory(target) as staging:
         dataset.save_to_disk(str(staging))
-
-
-def publish_array(array: np.ndarray, target: Path) -> None:
-    """Write `array` as .npy through a temporary file and an atomic rename."""
-    with atomic_path(target) as staging:
-        np.save(staging, array)

@@ -10,9 +10,10 @@ import numpy as np
 from datasets import Dataset, IterableDataset, load_from_disk
 from tqdm.auto import tqdm
 
-from ..audio import check_window_options, resample, window_starts
-from .cache import cache_key, publish_array, publish_dataset, resolve_cache_dir
-from .validation import DataError, SkipLog, check_on_error, read_audio
+from ..atomic import atomic_path
+from ..audio import check_window_options, resample_blocks, resampled_length, window_starts
+from .cache import cache_key, publish_dataset, resolve_cache_dir
+from .validation import DataError, SkipLog, audio_info, check_on_error, read_audio_blocks
 
 MUSICNET_SAMPLING_RATE = 44_100
 METADATA_COLUMNS = (
@@ -150,15 +151,52 @@ def check_recording(recording: dict) -> None:
         raise recording["metadata"]
 
 
-def read_recording(recording: dict) -> np.ndarray:
-    """Decode one recording at 44.1 kHz, checking it against its metadata row."""
+def recording_length(recording: dict, sampling_rate: int) -> int:
+    """Samples of the recording once resampled, from its header; checked against its metadata row."""
     check_recording(recording)
-    audio, _ = read_audio(recording["wav"], expected_sampling_rate=MUSICNET_SAMPLING_RATE)
-    expected = recording["metadata"]["seconds"]
-    found = audio.size / MUSICNET_SAMPLING_RATE
+    frames, rate = audio_info(recording["wav"])
+    if rate != MUSICNET_SAMPLING_RATE:
+        raise DataError(recording["wav"], f"expected a sample rate of {MUSICNET_SAMPLING_RATE} Hz, found {rate} Hz")
+    if frames == 0:
+        raise DataError(recording["wav"], "contains no samples")
+    expected, found = recording["metadata"]["seconds"], frames / MUSICNET_SAMPLING_RATE
     if abs(found - expected) > DURATION_TOLERANCE_SECONDS:
         raise DataError(recording["wav"], f"lasts {found:.1f} s but the metadata says {expected:.1f} s (truncated?)")
-    return audio
+    return resampled_length(frames, MUSICNET_SAMPLING_RATE, sampling_rate)
+
+
+def resampled_pieces(recording: dict, sampling_rate: int):
+    """The recording at `sampling_rate` in consecutive pieces, decoded and resampled a block at a time."""
+    blocks = read_audio_blocks(recording["wav"], downmix=False)
+    return resample_blocks(blocks, MUSICNET_SAMPLING_RATE, sampling_rate)
+
+
+def write_resampled(recording: dict, path: Path, sampling_rate: int) -> None:
+    """The resampled recording as a .npy written piece by piece into a memory map (atomically)."""
+    total = recording_length(recording, sampling_rate)
+    with atomic_path(path) as staging:
+        out = np.lib.format.open_memmap(staging, mode="w+", dtype=np.float32, shape=(total,))
+        position = 0
+        for piece in resampled_pieces(recording, sampling_rate):
+            out[position : position + len(piece)] = piece
+            position += len(piece)
+        out.flush()
+        del out
+    if position != total:
+        raise DataError(recording["wav"], f"decoded to {position} samples, its header promised {total}")
+
+
+def windows_of_stream(pieces, total: int, starts: list[int], segment: int):
+    """(start, window) for each start, cut from consecutive `pieces` of a signal of `total` samples, in order;
+    windows running past the end are zero-padded. Holds about one window and one piece in memory."""
+    buffer, buffer_start = np.zeros(0, dtype=np.float32), 0
+    pieces = iter(pieces)
+    for start in starts:
+        needed = min(start + segment, total)
+        while buffer_start + len(buffer) < needed:
+            buffer = np.concatenate([buffer, next(pieces)])
+        yield start, cut(buffer[start - buffer_start :], 0, segment)
+        buffer, buffer_start = buffer[start - buffer_start :], start
 
 
 def recording_rows(recording: dict, labels: dict, num_samples: int, segment: int, hop: int, sampling_rate: int,
@@ -252,7 +290,7 @@ def build_index(recordings: list[dict], options: tuple, cache: Path) -> Dataset:
             labels = read_labels(recording["labels"])
             resampled_path = cache / "resampled" / f"{cache_key(recording['wav'], sampling_rate)}.npy"
             if not resampled_path.exists():
-                publish_array(resample(read_recording(recording), MUSICNET_SAMPLING_RATE, sampling_rate), resampled_path)
+                write_resampled(recording, resampled_path, sampling_rate)
         except DataError as error:
             skips.handle(error, on_error)
             continue
@@ -276,12 +314,14 @@ def stream_windows(recordings: list[dict], options: tuple):
         try:
             check_recording(recording)
             labels = read_labels(recording["labels"])
-            audio = resample(read_recording(recording), MUSICNET_SAMPLING_RATE, sampling_rate)
-        except DataError as error:
+            total = recording_length(recording, sampling_rate)
+            rows = recording_rows(recording, labels, total, segment, hop, sampling_rate, remainder)
+            windows = windows_of_stream(resampled_pieces(recording, sampling_rate), total,
+                                        [row["_start"] for row in rows], segment)
+            for row, (_, window) in zip(rows, windows):
+                row.pop("_start")
+                row["audio"] = {"array": window, "sampling_rate": sampling_rate}
+                yield row
+        except DataError as error:  # a block that fails to decode part way through ends the recording there
             skips.handle(error, on_error)
-            continue
-        for row in recording_rows(recording, labels, audio.size, segment, hop, sampling_rate, remainder):
-            start = row.pop("_start")
-            row["audio"] = {"array": cut(audio, start, segment), "sampling_rate": sampling_rate}
-            yield row
     skips.report()

@@ -77,3 +77,37 @@ def read_audio(
     if not np.isfinite(audio).all():
         raise DataError(path, f"contains {int((~np.isfinite(audio)).sum())} NaN or infinite samples")
     return audio, sampling_rate
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, int]:
+    """(frames, sample rate) of an audio file from its header; `DataError` naming the file if it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found" if not path.is_dir() else "is a folder; expected an audio file")
+    if path.stat().st_size == 0:
+        raise DataError(path, "file is empty (0 bytes)")
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise DataError(path, f"not a readable audio file ({error})") from error
+    return info.frames, info.samplerate
+
+
+def read_audio_blocks(path: str | os.PathLike, block_frames: int = 1 << 20, downmix: bool = True):
+    """A file as consecutive mono float32 blocks of `block_frames`, checked as `read_audio` checks a whole file.
+
+    Memory is bounded by one block whatever the file's length. Raises `DataError` naming the file (a NaN
+    block, a multi-channel file without `downmix`, a decoding error part way through).
+    """
+    path = Path(path)
+    audio_info(path)
+    try:
+        for block in sf.blocks(path, blocksize=block_frames, dtype="float32", always_2d=True):
+            if block.shape[1] != 1 and not downmix:
+                raise DataError(path, f"expected mono audio, found {block.shape[1]} channels")
+            mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+            if not np.isfinite(mono).all():
+                raise DataError(path, "contains NaN or infinite samples")
+            yield mono
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise DataError(path, f"not a readable audio file ({error})") from error
