@@ -1,0 +1,43 @@
+"""Block-wise decoding and resampling: the same signal as the whole-file path, in bounded memory."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from hf_music_w2v.audio import resample, resample_blocks, resampled_length, window_starts
+from hf_music_w2v.data.musicnet import windows_of_stream
+from hf_music_w2v.data.validation import DataError, read_audio, read_audio_blocks
+
+
+@pytest.mark.parametrize(("length", "rate", "block"), [(441_017, 44_100, 50_000), (100_000, 22_050, 7_777),
+                                                       (64_000, 8_000, 3_000), (22_050, 44_100, 441), (5, 44_100, 2)])
+def test_resampling_in_blocks_equals_resampling_the_whole_signal(length, rate, block):
+    signal = np.random.default_rng(length).standard_normal(length).astype(np.float32)
+    whole = resample(signal, rate, 16_000)
+    pieces = list(resample_blocks((signal[i : i + block] for i in range(0, length, block)), rate, 16_000))
+    joined = np.concatenate(pieces)
+    assert len(joined) == len(whole) == resampled_length(length, rate, 16_000)
+    np.testing.assert_allclose(joined, whole, rtol=0, atol=1e-6)  # conv blocking changes only float rounding
+    assert max(len(p) for p in pieces) < len(whole) or len(pieces) == 1
+
+
+def test_windows_cut_from_a_stream_equal_windows_cut_from_the_array():
+    signal = np.arange(1000, dtype=np.float32)
+    pieces = (signal[i : i + 37] for i in range(0, 1000, 37))
+    starts = window_starts(1000, 120, 50)
+    got = list(windows_of_stream(pieces, 1000, starts, 120))
+    assert [start for start, _ in got] == starts
+    for start, window in got:
+        np.testing.assert_array_equal(window, signal[start : start + 120])
+
+
+def test_blocks_of_a_file_are_the_file_and_a_bad_block_names_it(tmp_path):
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, (10_000, 2)).astype(np.float32)
+    sf.write(tmp_path / "a.wav", audio, 16_000, subtype="FLOAT")
+    blocks = list(read_audio_blocks(tmp_path / "a.wav", block_frames=3_000))
+    assert [len(b) for b in blocks] == [3_000, 3_000, 3_000, 1_000]
+    np.testing.assert_array_equal(np.concatenate(blocks), read_audio(tmp_path / "a.wav", downmix=True)[0])
+    audio[7_500, 0] = np.nan
+    sf.write(tmp_path / "a.wav", audio, 16_000, subtype="FLOAT")
+    with pytest.raises(DataError, match="a.wav: contains NaN or infinite samples"):
+        list(read_audio_blocks(tmp_path / "a.wav", block_frames=3_000))
