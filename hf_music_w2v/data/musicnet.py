@@ -172,18 +172,17 @@ def resampled_pieces(recording: dict, sampling_rate: int):
 
 
 def write_resampled(recording: dict, path: Path, sampling_rate: int) -> None:
-    """The resampled recording as a .npy written piece by piece into a memory map (atomically)."""
+    """The resampled recording as a .npy written piece by piece (atomically)."""
     total = recording_length(recording, sampling_rate)
-    with atomic_path(path) as staging:
-        out = np.lib.format.open_memmap(staging, mode="w+", dtype=np.float32, shape=(total,))
+    with atomic_path(path) as staging, open(staging, "wb") as file:
+        # Plain writes, not a memory map: a map's written pages would count in the process's memory.
+        np.lib.format.write_array_header_1_0(file, {"descr": "<f4", "fortran_order": False, "shape": (total,)})
         position = 0
         for piece in resampled_pieces(recording, sampling_rate):
-            out[position : position + len(piece)] = piece
+            file.write(np.ascontiguousarray(piece, dtype="<f4").tobytes())
             position += len(piece)
-        out.flush()
-        del out
-    if position != total:
-        raise DataError(recording["wav"], f"decoded to {position} samples, its header promised {total}")
+        if position != total:
+            raise DataError(recording["wav"], f"decoded to {position} samples, its header promised {total}")
 
 
 def windows_of_stream(pieces, total: int, starts: list[int], segment: int):
@@ -318,10 +317,9 @@ def stream_windows(recordings: list[dict], options: tuple):
             rows = recording_rows(recording, labels, total, segment, hop, sampling_rate, remainder)
             windows = windows_of_stream(resampled_pieces(recording, sampling_rate), total,
                                         [row["_start"] for row in rows], segment)
-            for row, (_, window) in zip(rows, windows):
-                row.pop("_start")
-                row["audio"] = {"array": window, "sampling_rate": sampling_rate}
-                yield row
+            for row, (_, window) in zip(rows, windows):  # new dicts: `rows` must not keep every window alive
+                yield {**{k: v for k, v in row.items() if k != "_start"},
+                       "audio": {"array": window, "sampling_rate": sampling_rate}}
         except DataError as error:  # a block that fails to decode part way through ends the recording there
             skips.handle(error, on_error)
     skips.report()
