@@ -3,7 +3,7 @@
     OUT/
       .run.lock             held (flock) by the run while it lives: pid, host, start time
       run_settings.json     the arguments of the run that owns the folder
-      checkpoints/step_*/   resumable state (accelerate's files + trainer_state.json)
+      checkpoints/step_*/   resumable state (model.safetensors, optimizer.pt, trainer_state.json, manifest.json)
       logs/metrics.jsonl    one JSON row per logged update or evaluation
       logs/<name>/          tensorboard / wandb files
       best_model/           fine-tuning: the best epoch on valid
