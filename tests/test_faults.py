@@ -258,10 +258,11 @@ def test_finetuning_killed_at_each_boundary_resumes_to_the_same_run(tmp_path, fi
     a, b = load_file(straight / "model.safetensors"), load_file(run / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
-    again = run_program("finetune", [*finetune_straight["common"], "--output_dir", str(run),
-                                     "--resume_from_checkpoint", "latest"])
-    assert again.returncode == 0 and "holds a finished run" in again.stdout
-    assert comparable_results(run) == results
+    if point == "after the final save":  # resuming the finished run changes nothing (once is enough)
+        again = run_program("finetune", [*finetune_straight["common"], "--output_dir", str(run),
+                                         "--resume_from_checkpoint", "latest"])
+        assert again.returncode == 0 and "holds a finished run" in again.stdout
+        assert comparable_results(run) == results
 
 
 PRETRAIN_KILL_POINTS = {
