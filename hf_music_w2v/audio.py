@@ -139,3 +139,24 @@ def window_starts(num_samples: int, segment: int, hop: int, remainder: str = "en
         elif remainder == "pad":
             starts.append(starts[-1] + hop)
     return starts
+
+
+def cut(audio: np.ndarray, start: int, segment: int) -> np.ndarray:
+    """`audio[start:start+segment]`, zero-padded to `segment` samples."""
+    window = np.asarray(audio[start : start + segment], dtype=np.float32)
+    if window.size < segment:
+        window = np.pad(window, (0, segment - window.size))
+    return window
+
+
+def windows_of_stream(pieces, total: int, starts: list[int], segment: int):
+    """(start, window) for each start, cut from consecutive `pieces` of a signal of `total` samples, in order;
+    windows running past the end are zero-padded. Holds about one window and one piece in memory."""
+    buffer, buffer_start = np.zeros(0, dtype=np.float32), 0
+    pieces = iter(pieces)
+    for start in starts:
+        needed = min(start + segment, total)
+        while buffer_start + len(buffer) < needed:
+            buffer = np.concatenate([buffer, next(pieces)])
+        yield start, cut(buffer[start - buffer_start :], 0, segment)
+        buffer, buffer_start = buffer[start - buffer_start :], start

@@ -83,12 +83,12 @@ def load_inference_config(name: str):
     return config
 
 
-def load_for_inference(name: str, device: str, model_class=AutoModel):
-    """Model and feature extractor from a folder or Hub id."""
+def load_for_inference(name: str, device: str, model_class=AutoModel, config=None):
+    """Model and feature extractor from a folder or Hub id (`config`: its config, if already loaded)."""
     from .hub import music_feature_extractor
 
-    load_inference_config(name)
-    model = model_class.from_pretrained(name)
+    config = config or load_inference_config(name)
+    model = model_class.from_pretrained(name, config=config)
     try:
         extractor = AutoFeatureExtractor.from_pretrained(name)
     except (OSError, ValueError):
@@ -120,11 +120,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from .inference import AudioRunner, class_probabilities, top_classes
 
-    heads = predict_heads(load_inference_config(args.model))
+    config = load_inference_config(args.model)
+    heads = predict_heads(config)
     if args.top_k > max(len(labels) for labels in heads.values()):
         raise SystemExit(f"error: --top_k {args.top_k} is more than the model's classes "
                          f"({', '.join(f'{h}: {len(v)}' for h, v in heads.items())})")
-    model, extractor = load_for_inference(args.model, args.device, AutoModelForAudioClassification)
+    model, extractor = load_for_inference(args.model, args.device, AutoModelForAudioClassification, config)
     if len(heads) == 1:
         (head,) = heads
 

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .audio import resample_blocks, resampled_length, window_starts
-from .data.musicnet import windows_of_stream
+from .audio import resample_blocks, resampled_length, window_starts, windows_of_stream
 from .data.validation import DataError, audio_info, read_audio_blocks
 
 DEFAULT_WINDOW_SECONDS = 4.0  # NSynth's note length, what the classifier was trained on

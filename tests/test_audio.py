@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hf_music_w2v.audio import resample, resample_blocks, resampled_length, window_starts
-from hf_music_w2v.data.musicnet import windows_of_stream
+from hf_music_w2v.audio import resample, resample_blocks, resampled_length, window_starts, windows_of_stream
 from hf_music_w2v.data.validation import DataError, read_audio, read_audio_blocks
 
 

@@ -11,7 +11,14 @@ from datasets import Dataset, IterableDataset, load_from_disk
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path
-from ..audio import check_window_options, resample_blocks, resampled_length, window_starts
+from ..audio import (
+    check_window_options,
+    cut,
+    resample_blocks,
+    resampled_length,
+    window_starts,
+    windows_of_stream,
+)
 from .cache import cache_key, publish_dataset, resolve_cache_dir
 from .validation import DataError, SkipLog, audio_info, check_on_error, read_audio_blocks
 
@@ -185,19 +192,6 @@ def write_resampled(recording: dict, path: Path, sampling_rate: int) -> None:
             raise DataError(recording["wav"], f"decoded to {position} samples, its header promised {total}")
 
 
-def windows_of_stream(pieces, total: int, starts: list[int], segment: int):
-    """(start, window) for each start, cut from consecutive `pieces` of a signal of `total` samples, in order;
-    windows running past the end are zero-padded. Holds about one window and one piece in memory."""
-    buffer, buffer_start = np.zeros(0, dtype=np.float32), 0
-    pieces = iter(pieces)
-    for start in starts:
-        needed = min(start + segment, total)
-        while buffer_start + len(buffer) < needed:
-            buffer = np.concatenate([buffer, next(pieces)])
-        yield start, cut(buffer[start - buffer_start :], 0, segment)
-        buffer, buffer_start = buffer[start - buffer_start :], start
-
-
 def recording_rows(recording: dict, labels: dict, num_samples: int, segment: int, hop: int, sampling_rate: int,
                    remainder: str) -> list[dict]:
     meta = recording["metadata"]
@@ -212,14 +206,6 @@ def recording_rows(recording: dict, labels: dict, num_samples: int, segment: int
         }
         for start in window_starts(num_samples, segment, hop, remainder)
     ]
-
-
-def cut(audio: np.ndarray, start: int, segment: int) -> np.ndarray:
-    """`audio[start:start+segment]`, zero-padded to `segment` samples."""
-    window = np.asarray(audio[start : start + segment], dtype=np.float32)
-    if window.size < segment:
-        window = np.pad(window, (0, segment - window.size))
-    return window
 
 
 @functools.lru_cache(maxsize=8)
