@@ -7,6 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+import torch
+from datasets import load_from_disk
 
 from hf_music_w2v import NSYNTH_INSTRUMENT_FAMILIES
 from hf_music_w2v.data import DataError, load_nsynth
@@ -176,7 +178,8 @@ def test_bad_note_raises_naming_the_file_or_is_skipped_and_counted(tmp_path, min
     skipped = load_nsynth(split_dir, "test", on_error="skip", cache_dir=cache)
     assert len(skipped) == total - 1 and note_str not in skipped["note_str"]
     assert "skipped 1 invalid NSynth notes" in caplog.text
-    assert all(Path(a["path"]).parent == split_dir.resolve() / "audio" for a in skipped.with_format(None)["audio"])
+    paths = load_nsynth(split_dir, "test", on_error="skip", cache_dir=cache, decode=False)["audio"]
+    assert all(Path(a["path"]).parent == split_dir.resolve() / "audio" for a in paths)
 
 
 def test_a_wav_rewritten_after_the_first_load_is_checked_again(tmp_path, mini_root, cache):
@@ -214,3 +217,30 @@ def test_the_decoded_dataset_survives_datasets_usual_operations(mini_root, cache
     assert halves["test"][0]["audio"]["array"].dtype == np.float32
     batch = next(notes.iter(batch_size=4))
     assert len(batch["audio"]) == 4 and batch["audio"][0]["sampling_rate"] == 16_000
+
+    tensors = notes.with_format("torch")
+    row = tensors[2]
+    assert isinstance(row["audio"]["array"], torch.Tensor) and row["audio"]["array"].dtype == torch.float32
+    assert torch.equal(row["audio"]["array"], torch.from_numpy(notes[2]["audio"]["array"]))
+    assert int(row["pitch"]) == notes[2]["pitch"]
+    assert notes.with_format("numpy")[0]["audio"]["array"].shape == (64_000,)
+
+    streamed = list(notes.to_iterable_dataset())
+    assert [r["note_str"] for r in streamed] == notes["note_str"]
+    assert np.array_equal(streamed[5]["audio"]["array"], notes[5]["audio"]["array"])
+    first = next(iter(notes.with_format("torch").to_iterable_dataset()))
+    assert isinstance(first["audio"]["array"], torch.Tensor) and first["audio"]["array"].shape == (64_000,)
+
+
+def test_a_saved_copy_holds_the_audio_itself(mini_root, cache, tmp_path):
+    """`save_to_disk` embeds the files' bytes (as for datasets' own audio feature): the copy outlives them."""
+    shutil.copytree(mini_root / "nsynth" / "nsynth-valid", tmp_path / "nsynth-valid")
+    notes = load_nsynth(tmp_path / "nsynth-valid", "valid", cache_dir=cache).select(range(3))
+    expected = notes[1]["audio"]["array"]
+    notes.save_to_disk(str(tmp_path / "copy"))
+    shutil.rmtree(tmp_path / "nsynth-valid")
+    copy = load_from_disk(str(tmp_path / "copy"))
+    assert np.array_equal(copy[1]["audio"]["array"], expected)
+
+    undecoded = load_nsynth(mini_root / "nsynth", "valid", cache_dir=cache, decode=False)
+    assert set(undecoded[0]["audio"]) == {"bytes", "path"} and undecoded[0]["audio"]["bytes"] is None

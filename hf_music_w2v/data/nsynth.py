@@ -1,17 +1,16 @@
 """NSynth (json/wav release, or a Hub/parquet copy) as a `datasets.Dataset` of 4 s notes at 16 kHz."""
 
-import io
 import json
 import os
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-from datasets import Audio, ClassLabel, Dataset, Features, Sequence, Value, load_dataset, load_from_disk
+from datasets import ClassLabel, Dataset, Features, Sequence, Value, load_dataset, load_from_disk
 from tqdm.auto import tqdm
 
-from ..audio import NOTE_SAMPLES, SAMPLING_RATE, fixed_length, normalize_audio, resample
+from ..audio import NOTE_SAMPLES, SAMPLING_RATE, fixed_length, normalize_audio
 from ..configuration_music_wav2vec2 import NSYNTH_INSTRUMENT_FAMILIES
+from .audio_column import SoundfileAudio
 from .cache import cache_key, publish_dataset, resolve_cache_dir
 from .validation import DataError, SkipLog, check_on_error, read_audio
 
@@ -47,8 +46,8 @@ FEATURES = Features(
         "instrument_family_str": Value("string"),
         "instrument_source": ClassLabel(names=list(NSYNTH_SOURCES)),
         "instrument_source_str": Value("string"),
-        # The layout of datasets' Audio(decode=False), kept as a plain struct: building an Audio column needs
-        # torchcodec and FFmpeg even when nothing is decoded, and soundfile decodes these files without them.
+        # Indexed as a plain struct of datasets' audio layout: `save_to_disk` would copy every file's bytes into
+        # an audio feature's column. `load_nsynth` makes the column a `SoundfileAudio` on the way out.
         "audio": {"bytes": Value("binary"), "path": Value("string")},
     }
 )
@@ -175,29 +174,6 @@ def build_index(split_dir: Path, on_error: str) -> Dataset:
     return Dataset.from_list(rows, features=FEATURES)
 
 
-def decode_audio_batch(batch: dict, sampling_rate: int = SAMPLING_RATE) -> dict:
-    """`set_transform` hook: turn `audio` entries ({bytes, path}) into {array: float32, sampling_rate}.
-
-    The hook survives `datasets` operations (`map`, `filter`, `select`, ...), some of which hand it batches
-    without the `audio` column (`map(..., remove_columns=["audio"])`, `filter(..., input_columns=[...])`): those
-    pass through unchanged.
-    """
-    if "audio" not in batch:
-        return batch
-    decoded = []
-    for item in batch["audio"]:
-        source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
-        try:
-            array, rate = sf.read(source, dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as error:
-            raise DataError(item.get("path") or "<audio bytes>", f"not a readable audio file ({error})") from error
-        array = array.mean(axis=1)
-        if rate != sampling_rate:
-            array = resample(array, rate, sampling_rate)
-        decoded.append({"array": np.ascontiguousarray(array, dtype=np.float32), "sampling_rate": sampling_rate})
-    return {**batch, "audio": decoded}
-
-
 def load_nsynth(
     path_or_hub_id: str | os.PathLike,
     split: str = "train",
@@ -218,8 +194,8 @@ def load_nsynth(
             notes out and reports how many, once.
         cache_dir: where the validated index is kept (default `$HF_MUSIC_W2V_CACHE` or
             ~/.cache/hf_music_w2v); the second call with the same inputs reads it instead of re-checking.
-        decode: attach the soundfile decoder so `audio` comes out as {"array", "sampling_rate"}; with False,
-            `audio` stays {"bytes", "path"}.
+        decode: `audio` comes out as {"array", "sampling_rate"} (a `SoundfileAudio` column, decoded by
+            soundfile wherever `datasets` decodes features); with False it stays {"bytes", "path"}.
     """
     check_on_error(on_error)
     split_folder_name(split)
@@ -240,9 +216,7 @@ def load_nsynth(
     if pitch_range is not None:
         low, high = pitch_range
         dataset = dataset.filter(lambda pitch: low <= pitch <= high, input_columns=["pitch"])
-    if decode:
-        dataset.set_transform(decode_audio_batch)
-    return dataset
+    return dataset.cast_column("audio", SoundfileAudio(decode=decode))
 
 
 def load_hub_copy(path_or_hub_id: str, split: str) -> Dataset:
@@ -259,7 +233,7 @@ def load_hub_copy(path_or_hub_id: str, split: str) -> Dataset:
     missing = [name for name in ("audio", "pitch", "instrument_family", "note_str") if name not in dataset.column_names]
     if missing:
         raise DataError(path_or_hub_id, f"expected NSynth's columns; missing {', '.join(missing)}")
-    return dataset.cast_column("audio", Audio(decode=False))
+    return dataset
 
 
 def collate_notes(rows: list[dict]) -> dict:

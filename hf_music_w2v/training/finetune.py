@@ -192,10 +192,12 @@ def notes_digest(notes) -> str:
     import hashlib
     import os
 
+    from ..data.audio_column import audio_entries
+
     table = notes.with_format(None)
     digest = hashlib.sha256()
     for note_str, pitch, family, audio in zip(table["note_str"], table["pitch"], table["instrument_family"],
-                                              table["audio"]):
+                                              audio_entries(notes)):
         digest.update(f"{note_str}|{pitch}|{family}|".encode())
         if audio.get("bytes"):
             digest.update(hashlib.sha256(audio["bytes"]).digest())
