@@ -7,6 +7,7 @@
     hf-music-w2v predict MODEL note.wav song.flac [--top_k 3] [--json]
     hf-music-w2v embed MODEL *.wav --layer 6 --output embeddings.npz
     hf-music-w2v export-onnx MODEL model.onnx
+    hf-music-w2v probe MODEL --nsynth_dir DIR --output_dir OUT [--layers 0 6 12] [--pitch_classes 88]
 """
 
 import argparse
@@ -22,6 +23,7 @@ from transformers import AutoFeatureExtractor, AutoModel
 from transformers.utils import logging
 
 from . import demo as demo_module
+from . import probing as probing_module
 from .demo import Demo, DemoError, add_demo_arguments
 from .modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification
 from .training.launch import PROGRAMS, launch
@@ -66,13 +68,11 @@ def load_inference_config(name: str):
     """The config of MODEL (a folder or Hub id); errors say what MODEL was expected to be."""
     from transformers import AutoConfig
 
-    path = Path(name)
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise SystemExit(f"error: {name} has no config.json; MODEL must be a save_pretrained folder (e.g. the output "
-                         "of hf-music-w2v finetune or pretrain) or a Hub id")
-    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
-    if not path.exists() and not looks_like_hub_id:
-        raise SystemExit(f"error: no model folder {name}, and it is not a Hub id of the form owner/name")
+    from .hub import model_location_problem
+
+    problem = model_location_problem(name)
+    if problem:
+        raise SystemExit(f"error: {problem}")
     try:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as error:
@@ -252,6 +252,66 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     return 0 if difference < 1e-4 else 1
 
 
+def run_probe(args: argparse.Namespace) -> int:
+    from .probing import ProbeError, ProbeSettings, probe_model
+
+    settings = ProbeSettings(tasks=args.tasks, layers=args.layers, probes=args.probe,
+                             weighted_sum=not args.no_weighted_sum, pitch_classes=args.pitch_classes, seeds=args.seeds,
+                             batch_size=args.batch_size, probe_batch_size=args.probe_batch_size,
+                             learning_rate=args.learning_rate, max_epochs=args.max_epochs, patience=args.patience,
+                             max_notes=args.max_notes)
+    try:
+        report = probe_model(args.model, args.nsynth_dir, args.output_dir, settings,
+                             trust_remote_code=args.trust_remote_code, device=args.device, cache_dir=args.cache_dir,
+                             feature_cache_dir=args.feature_cache_dir)
+    except ProbeError as error:
+        raise SystemExit(f"error: {error}") from None
+    for entry in report["results"]:
+        chroma = f", chroma {entry['test_chroma_accuracy']:.3f}" if "test_chroma_accuracy" in entry else ""
+        print(f"{entry['task']:>10} layer {entry['layer']!s:>8} {entry['probe']:>6}: test "
+              f"{entry['test_accuracy']:.3f} ± {entry['test_accuracy_std']:.3f}{chroma}")
+    print(f"wrote {Path(args.output_dir) / 'probe_results.json'}, probe_results.md and probe_layers.png")
+    return 0
+
+
+def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
+    from .probing import PROBES, TASKS, ProbeSettings
+
+    defaults = ProbeSettings()
+    parser.add_argument("model", help="an audio encoder that returns hidden states: a folder or Hub id")
+    parser.add_argument("--nsynth_dir", required=True, help="NSynth (json/wav folders or a parquet copy)")
+    parser.add_argument("--output_dir", required=True, help="writes probe_results.json, .md and probe_layers.png")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="default: both")
+    parser.add_argument("--layers", nargs="+", type=int, default=None,
+                        help="layer numbers (0: Transformer input, N: output of layer N); default: all")
+    parser.add_argument("--probe", nargs="+", choices=PROBES, default=list(PROBES),
+                        help="linear, MARBLE's MLP (512 hidden, dropout 0.2), or both (default)")
+    parser.add_argument("--no_weighted_sum", action="store_true",
+                        help="skip the probe on a learnable softmax-weighted sum of the layers")
+    parser.add_argument("--pitch_classes", type=int, choices=(128, 88), default=defaults.pitch_classes,
+                        help="128 MIDI pitches (the paper, MARBLE; default) or 88 = MIDI 21-108 with chroma "
+                             "accuracy (HEAR; other notes are left out)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds),
+                        help="one probe training per seed; results are means (default 0 1 2)")
+    parser.add_argument("--batch_size", type=int, default=defaults.batch_size,
+                        help=f"notes per forward pass of the encoder (default {defaults.batch_size})")
+    parser.add_argument("--probe_batch_size", type=int, default=defaults.probe_batch_size,
+                        help=f"default {defaults.probe_batch_size}")
+    parser.add_argument("--learning_rate", type=float, default=defaults.learning_rate,
+                        help=f"Adam's (default {defaults.learning_rate})")
+    parser.add_argument("--max_epochs", type=int, default=defaults.max_epochs, help=f"default {defaults.max_epochs}")
+    parser.add_argument("--patience", type=int, default=defaults.patience,
+                        help=f"epochs without a better valid accuracy before stopping (default {defaults.patience})")
+    parser.add_argument("--max_notes", type=int, default=None,
+                        help="use at most this many notes per split (a seeded random subset; default all)")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="allow MODEL's own code (e.g. MERT); never implied")
+    parser.add_argument("--cache_dir", default=None, help="NSynth index cache (default $HF_MUSIC_W2V_CACHE)")
+    parser.add_argument("--feature_cache_dir", default=None,
+                        help="where layer features are cached (default CACHE_DIR/probe_features)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a folder or Hub id")
     parser.add_argument("files", nargs="+", help="audio files (any sample rate, channel count or length)")
@@ -300,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="0: Transformer input, N: output of layer N, -1: last layer (default)")
     embed.add_argument("--output", required=True, help="the .npz to write (embeddings, files, layer)")
     embed.set_defaults(handler=run_embed)
+
+    probe = commands.add_parser(
+        "probe", help="layer-wise linear / MLP / weighted-sum probes of any audio encoder on NSynth pitch and family",
+        description=probing_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_probe_arguments(probe)
+    probe.set_defaults(handler=run_probe)
 
     onnx = commands.add_parser("export-onnx", help="the two-head classifier as one ONNX graph (needs the onnx extra)")
     onnx.add_argument("model", help="a fine-tuned music_wav2vec2 folder or Hub id")

@@ -23,8 +23,20 @@ def music_feature_extractor(config: Wav2Vec2Config) -> Wav2Vec2FeatureExtractor:
         sampling_rate=SAMPLING_RATE,
         padding_value=0.0,
         do_normalize=True,
-        return_attention_mask=config.feat_extract_norm == "layer",
+        return_attention_mask=getattr(config, "feat_extract_norm", "layer") == "layer",  # data2vec-audio: always layer
     )
+
+
+def model_location_problem(name: str) -> str | None:
+    """Why `name` cannot be a model (no such folder and not a Hub id; a folder without config.json), or None."""
+    path = Path(name)
+    if path.is_dir() and not (path / "config.json").is_file():
+        return (f"{name} has no config.json; MODEL must be a save_pretrained folder (e.g. the output of "
+                "hf-music-w2v finetune or pretrain) or a Hub id")
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if not path.exists() and not looks_like_hub_id:
+        return f"no model folder {name}, and it is not a Hub id of the form owner/name"
+    return None
 
 
 def write_model_files(model: PreTrainedModel, folder: Path, feature_extractor: Wav2Vec2FeatureExtractor | None) -> None:

@@ -94,6 +94,41 @@ def plot_codebook(scores: dict[str, dict], path: str | os.PathLike) -> Path:
     return save_figure(figure, path)
 
 
+def plot_probe_layers(reports: dict[str, dict], path: str | os.PathLike) -> Path:
+    """Probe test accuracy against layer, one panel per task, one line per model and probe.
+
+    `reports` maps a model's label to its `probe_results.json` content; a weighted-sum probe is drawn as a
+    dashed level across the panel.
+    """
+    plt = pyplot()
+    tasks = sorted({entry["task"] for report in reports.values() for entry in report["results"]},
+                   key=lambda task: ("pitch", "instrument").index(task))
+    titles = {"pitch": "pitch", "instrument": "instrument family"}
+    figure, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.0), squeeze=False)
+    styles = {"linear": "-", "mlp": "--"}
+    for axis, task in zip(axes[0], tasks):
+        for index, (label, report) in enumerate(reports.items()):
+            color = PALETTE[index % len(PALETTE)]
+            entries = [e for e in report["results"] if e["task"] == task]
+            for probe in ("linear", "mlp"):
+                points = sorted((e["layer"], e["test_accuracy"]) for e in entries
+                                if e["probe"] == probe and isinstance(e["layer"], int))
+                if points:
+                    layers, accuracy = zip(*points)
+                    axis.plot(layers, accuracy, styles[probe], color=color, marker="o", markersize=3,
+                              label=f"{label}, {probe}")
+            for entry in (e for e in entries if e["layer"] == "weighted"):
+                axis.axhline(entry["test_accuracy"], color=color, linestyle=":", linewidth=1.2,
+                             label=f"{label}, weighted sum of layers")
+        axis.set_title(f"{titles[task]}: test accuracy of frozen-feature probes")
+        axis.set_xlabel("layer (0: Transformer input)")
+        axis.set_ylabel("test accuracy")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
 def save_confusion_matrix_png(matrix: np.ndarray, class_names: list[str], path: str | os.PathLike,
                               title: str) -> Path:
     """A row-normalised heat map of `matrix` with counts in the cells, written atomically as PNG."""

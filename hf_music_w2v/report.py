@@ -1,4 +1,4 @@
-"""Tables and verdict sentences of a pretrain -> fine-tune comparison (`hf-music-w2v demo`)."""
+"""Tables and verdict sentences: the demo's pretrain -> fine-tune comparison and layer-wise probe results."""
 
 from collections.abc import Sequence
 
@@ -68,3 +68,38 @@ def codebook_table(scores: dict[str, dict]) -> str:
                      f"{s['family_nmi_shuffled']:.3f} | {s['codes_used']} / {s['codebook_size']} | "
                      f"{s['code_perplexity']:.1f} |")
     return "\n".join(lines)
+
+
+def probe_table(report: dict) -> str:
+    """Markdown of one `probe_results.json`: test accuracy (mean ± std over seeds) per layer, task and probe."""
+    results = report["results"]
+    protocol = report["protocol"]
+    columns = [(task, probe) for task in ("pitch", "instrument") for probe in ("linear", "mlp")
+               if any(e["task"] == task and e["probe"] == probe and e["layer"] != "weighted" for e in results)]
+    best = {column: max((e["test_accuracy"] for e in results if (e["task"], e["probe"]) == column), default=None)
+            for column in columns}
+    titles = {"pitch": f"pitch ({protocol['pitch_classes']} classes)", "instrument": "instrument family"}
+
+    def cell(entry: dict | None, column) -> str:
+        if entry is None:
+            return ""
+        text = f"{entry['test_accuracy']:.3f} ± {entry['test_accuracy_std']:.3f}"
+        if "test_chroma_accuracy" in entry:
+            text += f" (chroma {entry['test_chroma_accuracy']:.3f})"
+        return f"**{text}**" if column and entry["test_accuracy"] == best.get(column) else text
+
+    lines = [f"# Layer-wise probes of {report['model']}", "",
+             f"NSynth notes: {', '.join(f'{k} {v}' for k, v in protocol['notes'].items())}; "
+             f"seeds {', '.join(map(str, protocol['seeds']))}; {protocol['selection']}. "
+             "Test accuracy, mean ± sample std over seeds; the best of each column in bold.", "",
+             "| layer | " + " | ".join(f"{titles[task]}, {probe}" for task, probe in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for layer in protocol["layers"]:
+        found = {(e["task"], e["probe"]): e for e in results if e["layer"] == layer}
+        lines.append(f"| {layer} | " + " | ".join(cell(found.get(column), column) for column in columns) + " |")
+    for entry in (e for e in results if e["layer"] == "weighted"):
+        weights = entry.get("layer_weights", [])
+        heaviest = protocol["layers"][int(np.argmax(weights))] if weights else "-"
+        lines.append(f"\nWeighted sum of layers + linear, {titles[entry['task']]}: {cell(entry, None)} "
+                     f"(heaviest layer {heaviest})")
+    return "\n".join(lines) + "\n"

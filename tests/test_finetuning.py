@@ -286,7 +286,8 @@ def test_feature_fingerprint_follows_content_not_paths(tmp_path, nsynth_dir, sma
     import shutil
 
     from hf_music_w2v.data import load_nsynth
-    from hf_music_w2v.training.finetune import feature_fingerprint, weights_digest
+    from hf_music_w2v.fingerprints import weights_digest
+    from hf_music_w2v.training.finetune import feature_fingerprint
 
     def fingerprint(seed: int, data: Path) -> dict:
         torch.manual_seed(seed)

@@ -9,6 +9,7 @@ and operations that drop or skip the column never read a file.
 
 import io
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -102,7 +103,9 @@ class SoundfileAudio:
         return {"bytes": Value("binary"), "path": Value("string")} if not self.decode else self
 
 
-register_feature(SoundfileAudio, "SoundfileAudio")
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*register_feature.*experimental")  # it is the documented way
+    register_feature(SoundfileAudio, "SoundfileAudio")
 
 
 def audio_entries(dataset, column: str = "audio") -> list[dict]:

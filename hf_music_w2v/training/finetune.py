@@ -29,6 +29,7 @@ from ..atomic import atomic_path, write_text_atomic
 from ..configuration_music_wav2vec2 import MusicWav2Vec2Config
 from ..data.nsynth import collate_notes
 from ..export import export_widget_models
+from ..fingerprints import fingerprint_matches, notes_digest, weights_digest
 from ..hub import (
     music_feature_extractor,
     push_folder,
@@ -172,41 +173,6 @@ def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: i
 FEATURE_FORMAT = 1
 
 
-def weights_digest(module: torch.nn.Module) -> str:
-    """SHA-256 of a module's parameters and buffers (names, dtypes, shapes and bytes): its content, not its path."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def notes_digest(notes) -> str:
-    """SHA-256 of a split's notes: their labels and each audio file's size and modification time (or its bytes).
-
-    Hashing the audio itself would read the whole dataset; a rewritten file changes its size or mtime_ns.
-    """
-    import hashlib
-    import os
-
-    from ..data.audio_column import audio_entries
-
-    table = notes.with_format(None)
-    digest = hashlib.sha256()
-    for note_str, pitch, family, audio in zip(table["note_str"], table["pitch"], table["instrument_family"],
-                                              audio_entries(notes)):
-        digest.update(f"{note_str}|{pitch}|{family}|".encode())
-        if audio.get("bytes"):
-            digest.update(hashlib.sha256(audio["bytes"]).digest())
-        else:
-            stat = os.stat(audio["path"])
-            digest.update(f"{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
-
-
 def feature_fingerprint(weights: str, notes, mixed_precision: str) -> dict:
     """What a split's cached features depend on: the backbone's weights (`weights_digest`), the notes, and how
     they are extracted."""
@@ -215,13 +181,7 @@ def feature_fingerprint(weights: str, notes, mixed_precision: str) -> dict:
 
 
 def feature_cache_matches(path: Path, fingerprint: dict) -> bool:
-    meta = path.with_suffix(".json")
-    if not (path.is_file() and meta.is_file()):
-        return False
-    try:
-        return json.loads(meta.read_text()) == fingerprint
-    except ValueError:
-        return False
+    return path.is_file() and fingerprint_matches(path.with_suffix(".json"), fingerprint)
 
 
 def save_feature_cache(path: Path, tensors: dict[str, torch.Tensor], fingerprint: dict) -> None:
