@@ -45,6 +45,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_make_mini_datasets(args: argparse.Namespace) -> int:
     from .data.mini import make_mini_musicnet, make_mini_nsynth
+    from .data.mini_speech import make_mini_speech
 
     out_dir = Path(args.out_dir)
     nsynth = make_mini_nsynth(out_dir / "nsynth", seed=args.seed, notes_per_instrument=args.notes_per_instrument,
@@ -53,6 +54,8 @@ def run_make_mini_datasets(args: argparse.Namespace) -> int:
                                   soundfont=args.soundfont)
     print(f"mini-NSynth in {out_dir / 'nsynth'}: " + ", ".join(f"{k} {v} notes" for k, v in nsynth.items()))
     print(f"mini-MusicNet in {out_dir / 'musicnet'}: " + ", ".join(f"{k} {v} recordings" for k, v in musicnet.items()))
+    speech = make_mini_speech(out_dir / "speech", seed=args.seed, seconds_per_speaker=args.speech_seconds)
+    print(f"mini-speech in {speech}: {len(list(speech.rglob('*.flac')))} utterances")
     return 0
 
 
@@ -337,14 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     mini = commands.add_parser(
         "make-mini-datasets",
-        help="render miniature NSynth and MusicNet copies in the official layouts from real instrument samples",
+        help="render miniature NSynth and MusicNet copies in the official layouts from real instrument samples, "
+             "and a miniature speech corpus (eSpeak NG) in LibriSpeech's layout",
     )
-    mini.add_argument("out_dir", help="writes OUT_DIR/nsynth/nsynth-{train,valid,test} and OUT_DIR/musicnet")
+    mini.add_argument("out_dir", help="writes OUT_DIR/nsynth/nsynth-{train,valid,test}, OUT_DIR/musicnet and "
+                                      "OUT_DIR/speech")
     mini.add_argument("--seed", type=int, default=0, help="chooses pitches and velocities (default 0)")
     mini.add_argument("--notes_per_instrument", type=int, default=8,
                       help="NSynth notes per instrument, 44 instruments in all (default 8)")
     mini.add_argument("--musicnet_seconds", type=float, default=30.0,
                       help="seconds of each of the 8 scores rendered for MusicNet (default 30)")
+    mini.add_argument("--speech_seconds", type=float, default=30.0,
+                      help="seconds read by each of the 8 mini-speech speakers (default 30, as much as MusicNet)")
     mini.add_argument("--soundfont", default=None, help="a General MIDI .sf2 (default: pretty_midi's TimGM6mb)")
     mini.set_defaults(handler=run_make_mini_datasets)
 

@@ -122,6 +122,7 @@ def plot_probe_layers(reports: dict[str, dict], path: str | os.PathLike) -> Path
                              label=f"{label}, weighted sum of layers")
         axis.set_title(f"{titles[task]}: test accuracy of frozen-feature probes")
         axis.set_xlabel("layer (0: Transformer input)")
+        axis.xaxis.get_major_locator().set_params(integer=True)
         axis.set_ylabel("test accuracy")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)

@@ -20,6 +20,7 @@ embedding), layer N the output of Transformer layer N, as in transformers' `hidd
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -379,12 +380,15 @@ def probe_model(model: str, nsynth_dir: str, output_dir: str | os.PathLike, sett
         raise ProbeError(f"--layers: {model} has layers 0-{available - 1}, got {max(layers)}")
     notes = {split: split_notes(nsynth_dir, split, settings, cache_dir) for split in ("train", "valid", "test")}
     feature_dir = Path(feature_cache_dir) if feature_cache_dir else resolve_cache_dir(cache_dir) / "probe_features"
+    started = time.perf_counter()
     weights = weights_digest(encoder)
     features = {split: split_features(encoder, extractor, split_notes_, layers, settings.batch_size, feature_dir,
                                       weights, f"{split} features")
                 for split, split_notes_ in notes.items()}
     del encoder
+    feature_seconds = time.perf_counter() - started
 
+    started = time.perf_counter()
     results = []
     chroma = settings.pitch_classes == 88
     for task in settings.tasks:
@@ -408,7 +412,8 @@ def probe_model(model: str, nsynth_dir: str, output_dir: str | os.PathLike, sett
                      "selection": "each probe's epoch with the best valid accuracy; test accuracy at that epoch",
                      "optimizer": "Adam", "notes": {split: len(n) for split, n in notes.items()},
                      "layer_0": "input of the first Transformer layer", **settings.extra})
-    report = {"model": str(model), "protocol": protocol, "results": results}
+    timing = {"feature_seconds": feature_seconds, "probe_seconds": time.perf_counter() - started}
+    report = {"model": str(model), "protocol": protocol, "results": results, "timing": timing}
     write_text_atomic(output_dir / "probe_results.json", json.dumps(report, indent=2))
     plot_probe_layers({Path(str(model)).name or str(model): report}, output_dir / "probe_layers.png")
     write_text_atomic(output_dir / "probe_results.md", probe_table(report))

@@ -64,6 +64,14 @@ def mini_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def mini_speech(tmp_path_factory):
+    """Mini-speech (eSpeak NG), 8 speakers x 6 s, rendered once per test session."""
+    from hf_music_w2v.data.mini_speech import make_mini_speech
+
+    return make_mini_speech(tmp_path_factory.mktemp("speech") / "speech", seed=0, seconds_per_speaker=6.0)
+
+
 # Fixed parts of every scripted pretraining run: 1 s windows of mini-MusicNet, a tiny model, few negatives.
 PRETRAIN_BASE_ARGS = ["--segment_seconds", "1", "--hop_seconds", "1", "--num_negatives", "5", "--warmup_steps", "2",
                       "--per_device_train_batch_size", "2"]

@@ -20,3 +20,4 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch, capsys):
     assert "A4 bass" in printed
     assert "['eval_instrument_accuracy', 'eval_mean_accuracy', 'eval_pitch_accuracy']" in printed
     assert "Wav2Vec2ForMusicClassification" in printed  # the Trainer's saved model, reloaded by AutoModel
+    assert "(2, 101, 32) [0.0, 20.0, 40.0] (2, 32)" in printed  # the HEAR API: a frame every 20 ms from 0

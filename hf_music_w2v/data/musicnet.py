@@ -8,19 +8,16 @@ from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, IterableDataset, load_from_disk
-from tqdm.auto import tqdm
 
-from ..atomic import atomic_path
 from ..audio import (
     check_window_options,
-    cut,
     resample_blocks,
     resampled_length,
     window_starts,
-    windows_of_stream,
 )
 from .cache import cache_key, publish_dataset, resolve_cache_dir
-from .validation import DataError, SkipLog, audio_info, check_on_error, read_audio_blocks
+from .recordings import Recording, WindowOptions, decode_windows, index_windows, stream_windows
+from .validation import DataError, audio_info, check_on_error, read_audio_blocks
 
 MUSICNET_SAMPLING_RATE = 44_100
 METADATA_COLUMNS = (
@@ -178,18 +175,17 @@ def resampled_pieces(recording: dict, sampling_rate: int):
     return resample_blocks(blocks, MUSICNET_SAMPLING_RATE, sampling_rate)
 
 
-def write_resampled(recording: dict, path: Path, sampling_rate: int) -> None:
-    """The resampled recording as a .npy written piece by piece (atomically)."""
-    total = recording_length(recording, sampling_rate)
-    with atomic_path(path) as staging, open(staging, "wb") as file:
-        # Plain writes, not a memory map: a map's written pages would count in the process's memory.
-        np.lib.format.write_array_header_1_0(file, {"descr": "<f4", "fortran_order": False, "shape": (total,)})
-        position = 0
-        for piece in resampled_pieces(recording, sampling_rate):
-            file.write(np.ascontiguousarray(piece, dtype="<f4").tobytes())
-            position += len(piece)
-        if position != total:
-            raise DataError(recording["wav"], f"decoded to {position} samples, its header promised {total}")
+def describe_recording(recording: dict, options: WindowOptions) -> Recording:
+    """The `Recording` of a MusicNet recording: its name and metadata row checked, its labels read."""
+    check_recording(recording)
+    labels = read_labels(recording["labels"])
+    segment, hop, sampling_rate, remainder, _ = options
+    return Recording(
+        path=recording["wav"],
+        total=lambda: recording_length(recording, sampling_rate),
+        pieces=lambda: resampled_pieces(recording, sampling_rate),
+        rows=lambda samples: recording_rows(recording, labels, samples, segment, hop, sampling_rate, remainder),
+    )
 
 
 def recording_rows(recording: dict, labels: dict, num_samples: int, segment: int, hop: int, sampling_rate: int,
@@ -206,20 +202,6 @@ def recording_rows(recording: dict, labels: dict, num_samples: int, segment: int
         }
         for start in window_starts(num_samples, segment, hop, remainder)
     ]
-
-
-@functools.lru_cache(maxsize=8)
-def open_resampled(path: str) -> np.ndarray:
-    return np.load(path, mmap_mode="r")
-
-
-def decode_windows(batch: dict) -> dict:
-    """`set_transform` hook: slice each window out of its memory-mapped resampled recording."""
-    decoded = [
-        {"array": cut(open_resampled(item["path"]), item["start"], item["length"]), "sampling_rate": item["sampling_rate"]}
-        for item in batch["audio"]
-    ]
-    return {**batch, "audio": decoded}
 
 
 def load_musicnet(
@@ -251,61 +233,16 @@ def load_musicnet(
     recordings = list_recordings(root, split)
     options = (segment, hop, sampling_rate, remainder, on_error)
     if streaming:
-        return IterableDataset.from_generator(
-            stream_windows, gen_kwargs={"recordings": recordings, "options": options}
-        )
+        return IterableDataset.from_generator(stream_windows, gen_kwargs={
+            "items": recordings, "describe": functools.partial(describe_recording, options=options),
+            "options": options, "what": "MusicNet recordings"})
     key = cache_key("musicnet", split, root / "musicnet_metadata.csv", *options,
                     *(p for r in recordings for p in (r["wav"], r["labels"]) if p.exists()))
     cache = resolve_cache_dir(cache_dir) / "musicnet"
     index_dir = cache / f"index-{key}"
     if not index_dir.exists():
-        publish_dataset(build_index(recordings, options, cache), index_dir)
+        publish_dataset(index_windows(recordings, functools.partial(describe_recording, options=options), options,
+                                      cache, "MusicNet recordings", root / f"{split}_data"), index_dir)
     dataset = load_from_disk(str(index_dir))
     dataset.set_transform(decode_windows)
     return dataset
-
-
-def build_index(recordings: list[dict], options: tuple, cache: Path) -> Dataset:
-    segment, hop, sampling_rate, remainder, on_error = options
-    skips = SkipLog("MusicNet recordings")
-    rows = []
-    for recording in tqdm(recordings, desc="decoding + resampling MusicNet", unit="recording"):
-        try:
-            check_recording(recording)
-            labels = read_labels(recording["labels"])
-            resampled_path = cache / "resampled" / f"{cache_key(recording['wav'], sampling_rate)}.npy"
-            if not resampled_path.exists():
-                write_resampled(recording, resampled_path, sampling_rate)
-        except DataError as error:
-            skips.handle(error, on_error)
-            continue
-        num_samples = open_resampled(str(resampled_path)).shape[0]
-        for row in recording_rows(recording, labels, num_samples, segment, hop, sampling_rate, remainder):
-            start = row.pop("_start")
-            row["audio"] = {"path": str(resampled_path), "start": start, "length": segment,
-                            "sampling_rate": sampling_rate}
-            rows.append(row)
-    skips.report()
-    if not rows:
-        raise DataError(recordings[0]["wav"].parent, "no valid windows")
-    return Dataset.from_list(rows)
-
-
-def stream_windows(recordings: list[dict], options: tuple):
-    """Generator behind `streaming=True`: decode, resample and cut one recording at a time."""
-    segment, hop, sampling_rate, remainder, on_error = options
-    skips = SkipLog("MusicNet recordings")
-    for recording in recordings:
-        try:
-            check_recording(recording)
-            labels = read_labels(recording["labels"])
-            total = recording_length(recording, sampling_rate)
-            rows = recording_rows(recording, labels, total, segment, hop, sampling_rate, remainder)
-            windows = windows_of_stream(resampled_pieces(recording, sampling_rate), total,
-                                        [row["_start"] for row in rows], segment)
-            for row, (_, window) in zip(rows, windows):  # new dicts: `rows` must not keep every window alive
-                yield {**{k: v for k, v in row.items() if k != "_start"},
-                       "audio": {"array": window, "sampling_rate": sampling_rate}}
-        except DataError as error:  # a block that fails to decode part way through ends the recording there
-            skips.handle(error, on_error)
-    skips.report()

@@ -14,7 +14,8 @@ normalised by the masked frames of all its micro-batches on all processes.
 import math
 import shlex
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
@@ -182,7 +183,10 @@ def feature_grad_multiplier(model: torch.nn.Module, scale: float):
 class PretrainArguments:
     """Data and model options of pretraining (the shared ones are `RunArguments`)."""
 
-    musicnet_dir: str = field(metadata={"help": "MusicNet in its official layout (train_data/, train_labels/, ...)"})
+    musicnet_dir: str | None = option(None, "MusicNet in its official layout (train_data/, train_labels/, ...)")
+    audio_dir: str | None = option(None, "instead of --musicnet_dir: every audio file under this folder (a speech "
+                                         "corpus such as LibriSpeech or mini-speech, any rate or channel count), "
+                                         "cut into the same windows")
     segment_seconds: float = option(20.0, "window length in seconds")
     hop_seconds: float = option(10.0, "hop between windows in seconds")
     random_crop_seconds: float | None = option(None, "train on a random crop of this length from each window "
@@ -207,6 +211,8 @@ class PretrainArguments:
 
     def problems(self, run: RunArguments) -> list[str]:
         problems = []
+        if (self.musicnet_dir is None) == (self.audio_dir is None):
+            problems.append("give the pretraining audio as --musicnet_dir or --audio_dir (exactly one)")
         if self.segment_seconds <= 0 or self.hop_seconds <= 0:
             problems.append("--segment_seconds and --hop_seconds must be positive")
         if self.random_crop_seconds is not None and not 0 < self.random_crop_seconds <= self.segment_seconds:
@@ -274,12 +280,15 @@ class PretrainTask(TrainingTask):
         return self.config.layerdrop > 0
 
     def load_data(self, accelerator) -> None:
-        from ..data import load_musicnet
+        from ..data import load_audio_folder, load_musicnet
 
         # 20 s windows every 10 s, resampled to 16 kHz once and memory-mapped (or decoded on the fly).
-        windows = load_musicnet(self.args.musicnet_dir, "train", segment_seconds=self.args.segment_seconds,
-                                hop_seconds=self.args.hop_seconds, streaming=self.args.streaming,
-                                cache_dir=self.run.cache_dir)
+        options = dict(segment_seconds=self.args.segment_seconds, hop_seconds=self.args.hop_seconds,
+                       streaming=self.args.streaming, cache_dir=self.run.cache_dir)
+        if self.args.audio_dir:
+            windows = load_audio_folder(self.args.audio_dir, **options)
+        else:
+            windows = load_musicnet(self.args.musicnet_dir, "train", **options)
         if self.streaming:
             from datasets.distributed import split_dataset_by_node
 
@@ -350,7 +359,8 @@ class PretrainTask(TrainingTask):
         write_model_card(
             layout.root, "pretrained",
             tags=["audio", "music", "wav2vec2", "self-supervised", "pretraining"],
-            datasets=["musicnet"],
+            datasets=[] if self.args.audio_dir else ["musicnet"],
+            data_name=f"the audio under {Path(self.args.audio_dir).name}/" if self.args.audio_dir else "MusicNet",
             command=shlex.join(["hf-music-w2v", "pretrain", *self.argv]),
             steps=state.step,
             hours_of_audio=state.audio_seconds_seen / 3600,
