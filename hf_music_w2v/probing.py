@@ -323,8 +323,8 @@ def task_labels(notes, task: str, pitch_classes: int) -> tuple[torch.Tensor, int
     if task == "instrument":
         from .configuration_music_wav2vec2 import NSYNTH_INSTRUMENT_FAMILIES
 
-        return torch.tensor(notes.with_format(None)["instrument_family"]), len(NSYNTH_INSTRUMENT_FAMILIES)
-    pitch = torch.tensor(notes.with_format(None)["pitch"])
+        return torch.tensor(list(notes.with_format(None)["instrument_family"])), len(NSYNTH_INSTRUMENT_FAMILIES)
+    pitch = torch.tensor(list(notes.with_format(None)["pitch"]))
     return (pitch, 128) if pitch_classes == 128 else (pitch - HEAR_PITCH_RANGE[0], 88)
 
 

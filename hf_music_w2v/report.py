@@ -40,24 +40,65 @@ def accuracy_table(rows: list[dict], chance: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def compare(rows: list[dict], first: str, second: str) -> list[str]:
-    """Plain sentences on `first` vs `second` per head, saying whether the seeds' ranges overlap."""
-    by_init = {row["init"]: row for row in rows}
-    if first not in by_init or second not in by_init:
-        return []
-    sentences = []
-    for head in HEADS:
-        a, b = by_init[first][head], by_init[second][head]
-        difference = 100 * (a["mean"] - b["mean"])
-        if min(a["values"]) > max(b["values"]):
-            verdict = f"{first} is ahead on every seed"
-        elif min(b["values"]) > max(a["values"]):
-            verdict = f"{second} is ahead on every seed"
-        else:
-            verdict = "the seeds' ranges overlap, so this is no clear difference at this scale"
-        sentences.append(f"- **{HEAD_TITLES[head]}**: {first} {a['mean']:.3f} vs {second} {b['mean']:.3f} "
-                         f"({difference:+.1f} points); {verdict}.")
-    return sentences
+def note_correctness(predictions: list[dict], head: str) -> tuple[list[str], np.ndarray]:
+    """(note names, `[seed, note]` 0/1 correctness) of one arm's runs, from their `test_predictions.json`."""
+    names = predictions[0]["note_str"]
+    if any(run["note_str"] != names for run in predictions):
+        raise ValueError("the runs of one arm were scored on different test notes")
+    return names, np.array([np.equal(run[head]["predicted"], run[head]["label"]) for run in predictions], dtype=float)
+
+
+def paired_bootstrap(first: np.ndarray, second: np.ndarray, resamples: int = 10_000, seed: int = 0
+                     ) -> tuple[float, float, float]:
+    """Difference in accuracy (first - second) over the same notes, and its 95% percentile bootstrap interval.
+
+    `first` and `second` are `[seed, note]` correctness; each note's accuracy is averaged over the arm's seeds,
+    then notes are resampled with replacement, which keeps every note's pair of answers together.
+    """
+    per_note = first.mean(axis=0) - second.mean(axis=0)
+    rng = np.random.default_rng(seed)
+    resampled = per_note[rng.integers(0, per_note.size, size=(resamples, per_note.size))].mean(axis=1)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return float(per_note.mean()), float(low), float(high)
+
+
+def verdict(first: str, second: str, low: float, high: float) -> str:
+    """"ahead" only when the interval excludes 0."""
+    if low > 0:
+        return f"{first} is ahead"
+    if high < 0:
+        return f"{second} is ahead"
+    return "no clear difference (the interval includes 0)"
+
+
+def paired_comparisons(correct: dict[str, dict[str, np.ndarray]], rows: list[dict]) -> list[dict]:
+    """Every pair of arms on each head: accuracy difference, bootstrap interval, the seeds' spread, verdict.
+
+    `correct` maps arm -> head -> `[seed, note]` correctness on the same test notes.
+    """
+    spread = {row["init"]: row for row in rows}
+    arms = list(correct)
+    comparisons = []
+    for index, first in enumerate(arms):
+        for second in arms[index + 1:]:
+            for head in HEADS:
+                difference, low, high = paired_bootstrap(correct[first][head], correct[second][head])
+                comparisons.append({
+                    "first": first, "second": second, "head": head, "difference": difference, "low": low,
+                    "high": high, "notes": int(correct[first][head].shape[1]),
+                    "first_std": spread[first][head]["std"], "second_std": spread[second][head]["std"],
+                    "verdict": verdict(first, second, low, high)})
+    return comparisons
+
+
+def comparison_lines(comparisons: list[dict]) -> list[str]:
+    lines = ["| comparison | head | difference | 95% bootstrap interval | seeds' std (first / second) | verdict |",
+             "|---|---|---|---|---|---|"]
+    for c in comparisons:
+        lines.append(f"| {c['first']} - {c['second']} | {HEAD_TITLES[c['head']]} | {100 * c['difference']:+.1f} "
+                     f"points | [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] | {100 * c['first_std']:.1f} / "
+                     f"{100 * c['second_std']:.1f} points | {c['verdict']} |")
+    return lines
 
 
 def codebook_table(scores: dict[str, dict]) -> str:

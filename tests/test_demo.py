@@ -16,13 +16,15 @@ from hf_music_w2v.presets import preset_config
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-RUNS = [f"{init}-seed{seed}" for init in ("music", "random", "speech") for seed in (0, 1)]
+ARMS = {"music": "music-pretrained", "speech": "speech-pretrained", "random": "random init",
+        "checkpoint": "speech checkpoint"}
+RUNS = [f"{init}-seed{seed}" for init in ARMS for seed in (0, 1)]
 
 
 def demo_command(output_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "hf_music_w2v.cli", "demo", "--output_dir", str(output_dir), "--quiet",
             "--pretrain_steps", "12", "--finetune_epochs", "2", "--seeds", "0", "1", "--notes_per_instrument", "2",
-            "--musicnet_seconds", "12", "--finetune_args", "--report_to none", *extra]
+            "--test_notes_per_instrument", "2", "--musicnet_seconds", "12", "--finetune_args", "--report_to none", *extra]
 
 
 def run_demo(output_dir: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -53,9 +55,19 @@ def test_demo_runs_every_stage_and_every_seed(demo):
     for run in RUNS:
         results = json.loads((demo / "finetune" / run / "all_results.json").read_text())
         assert results["epochs"] == 2 and 0.0 <= results["test_pitch_accuracy"] <= 1.0
-    assert json.loads((demo / "pretrain" / "all_results.json").read_text())["steps"] == 12
+    for pretraining in ("pretrain", "pretrain-speech"):
+        assert json.loads((demo / pretraining / "all_results.json").read_text())["steps"] == 12
     state = json.loads((demo / "demo_state.json").read_text())["seconds"]
-    assert {"data", "pretrain", "codebook", "hub", "report", *(f"finetune {run}" for run in RUNS)} <= set(state)
+    assert {"data", "pretrain", "pretrain-speech", "probes", "codebook", "hub", "report",
+            *(f"finetune {run}" for run in RUNS)} <= set(state)
+
+
+def test_the_two_pretrainings_differ_in_their_data_alone(demo):
+    music = json.loads((demo / "pretrain" / "run_settings.json").read_text())
+    speech = json.loads((demo / "pretrain-speech" / "run_settings.json").read_text())
+    differing = {k for k in music.keys() | speech.keys() if music.get(k) != speech.get(k)}
+    assert differing == {"musicnet_dir", "audio_dir", "output_dir"}
+    assert speech["audio_dir"] == str(demo / "data" / "speech") and (demo / "data" / "speech").is_dir()
 
 
 def test_random_init_runs_start_from_other_weights_than_the_pretrained_ones(demo):
@@ -77,7 +89,7 @@ def table_row(report: str, label: str) -> list[str]:
 
 def test_report_table_is_the_runs_test_accuracy(demo):
     report = (demo / "REPORT.md").read_text()
-    for init, label in (("music", "music-pretrained"), ("random", "random init"), ("speech", "speech-pretrained")):
+    for init, label in ARMS.items():
         runs = [json.loads((demo / "finetune" / f"{init}-seed{s}" / "all_results.json").read_text()) for s in (0, 1)]
         cells = table_row(report, label)
         assert cells[1] == "2"
@@ -90,27 +102,59 @@ def test_report_table_is_the_runs_test_accuracy(demo):
     assert "most frequent test class" in report
     assert "Only 2 seed(s): too few" in report
     assert "same 22 test notes, so one note is 4.5 points" in report
-    assert re.search(r"\*\*pitch\*\*: music-pretrained [0-9.]+ vs random init [0-9.]+ \([+-][0-9.]+ points\)", report)
+    assert "## The paper's claims against this run" in report
+    assert re.search(r"\*Music pretraining beats speech pretraining on pitch\*: music - speech = [+-][0-9.]+ points, "
+                     r"95% interval \[[+-][0-9.]+, [+-][0-9.]+\] over 22 test notes", report)
+
+
+def test_paired_comparisons_are_the_runs_own_predictions_bootstrapped(demo):
+    import numpy as np
+
+    from hf_music_w2v.report import paired_bootstrap
+
+    comparisons = json.loads((demo / "results.json").read_text())["comparisons"]
+    assert len(comparisons) == 6 * 2  # every pair of the four arms, both heads
+    chosen = next(c for c in comparisons if (c["first"], c["second"], c["head"]) ==
+                  ("music-pretrained", "speech-pretrained", "instrument"))
+    correct = {}
+    for init in ("music", "speech"):
+        runs = [json.loads((demo / "finetune" / f"{init}-seed{s}" / "test_predictions.json").read_text())
+                for s in (0, 1)]
+        assert len(runs[0]["note_str"]) == 22 and runs[0]["note_str"] == runs[1]["note_str"]
+        correct[init] = np.array([np.equal(r["instrument"]["predicted"], r["instrument"]["label"]) for r in runs],
+                                 dtype=float)
+        accuracy = json.loads((demo / "finetune" / f"{init}-seed0" / "all_results.json").read_text())
+        assert correct[init][0].mean() == pytest.approx(accuracy["test_instrument_accuracy"])
+    difference, low, high = paired_bootstrap(correct["music"], correct["speech"])
+    assert (chosen["difference"], chosen["low"], chosen["high"]) == pytest.approx((difference, low, high))
+    assert chosen["verdict"].endswith("is ahead") == (low > 0 or high < 0)
+
+
+def test_every_network_is_probed_layer_by_layer(demo):
+    for name in ARMS:
+        report = json.loads((demo / "probes" / name / "probe_results.json").read_text())
+        assert {e["layer"] for e in report["results"]} == {0, 1, 2, "weighted"}
+    assert "## Layer-wise probes of the frozen networks" in (demo / "REPORT.md").read_text()
 
 
 def test_report_figures_exist_and_are_png(demo):
     report = (demo / "REPORT.md").read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert {"figures/pretraining.png", "figures/finetuning.png", "figures/confusion_matrix.png",
-            "figures/codebook_nmi.png"} <= set(images)
+    assert {"figures/pretrain.png", "figures/pretrain-speech.png", "figures/finetuning.png",
+            "figures/confusion_matrix.png", "figures/codebook_nmi.png", "figures/probe_layers.png"} <= set(images)
     for image in images:
         assert (demo / image).read_bytes()[:8] == PNG_MAGIC, image
 
 
 def test_codebook_analysis_covers_every_model(demo):
     scores = json.loads((demo / "codebook.json").read_text())
-    assert set(scores) == {"music-pretrained", "random init", "speech-pretrained"}
+    assert set(scores) == set(ARMS.values())
     for values in scores.values():
         for key in ("pitch_nmi", "family_nmi", "pitch_nmi_shuffled", "family_nmi_shuffled"):
             assert 0.0 <= values[key] <= 1.0
         assert values["notes"] == 88 and values["codebook_size"] == 32 * 32
-    # The speech stand-in and the demo's random start are different networks, so their codes differ.
-    assert scores["speech-pretrained"]["pitch_nmi"] != scores["random init"]["pitch_nmi"]
+    # The speech checkpoint stand-in and the demo's random start are different networks, so their codes differ.
+    assert scores["speech checkpoint"]["pitch_nmi"] != scores["random init"]["pitch_nmi"]
 
 
 def test_hub_folder_is_the_best_music_run_on_valid_and_loads_without_the_package(demo):
@@ -152,17 +196,18 @@ def test_rerun_skips_finished_stages_and_redoes_a_missing_one(demo, speech_model
     kept = (demo / "finetune" / "music-seed0" / "all_results.json").stat().st_mtime_ns
     result = run_demo(demo, "--speech_model", str(speech_model))
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "[1/11] data: already done, skipped" in result.stderr
-    assert "[2/11] pretrain: already done, skipped" in result.stderr
-    assert "[3/11] finetune music-seed0: already done, skipped" in result.stderr
-    assert "[6/11] finetune random-seed1 ..." in result.stderr and "[6/11] finetune random-seed1: done" in result.stderr
+    assert "[1/15] data: already done, skipped" in result.stderr
+    assert "[2/15] pretrain: already done, skipped" in result.stderr
+    assert "[3/15] pretrain-speech: already done, skipped" in result.stderr
+    assert "[4/15] finetune music-seed0: already done, skipped" in result.stderr
+    assert "[9/15] finetune random-seed1 ..." in result.stderr and "[9/15] finetune random-seed1: done" in result.stderr
     assert (demo / "finetune" / "random-seed1" / "all_results.json").is_file()
     assert (demo / "finetune" / "music-seed0" / "all_results.json").stat().st_mtime_ns == kept
 
 
 def test_a_failing_stage_names_itself_and_its_log(demo, tmp_path):
     output_dir = tmp_path / "demo_output"
-    for part in ("data", "pretrain"):
+    for part in ("data", "pretrain", "pretrain-speech"):
         shutil.copytree(demo / part, output_dir / part)
     result = run_demo(output_dir, "--finetune_args=--no_such_flag")
     assert result.returncode == 1
@@ -181,7 +226,7 @@ def test_resuming_with_other_settings_is_refused(demo):
     assert (demo / "demo_state.json").read_text() == before
 
 
-@pytest.mark.parametrize("flag", ["--nsynth_dir", "--musicnet_dir", "--speech_model"])
+@pytest.mark.parametrize("flag", ["--nsynth_dir", "--musicnet_dir", "--speech_dir", "--speech_model"])
 def test_missing_inputs_are_clear_errors_before_any_work(tmp_path, flag):
     result = run_demo(tmp_path / "out", flag, str(tmp_path / "nowhere"))
     assert result.returncode == 1
@@ -226,20 +271,24 @@ def planned_demo(tmp_path, *flags: str):
 
 def test_paper_recipe_runs_the_scripts_with_the_papers_defaults(tmp_path):
     demo = planned_demo(tmp_path, "--recipe", "paper")
-    pretrain = program_options("pretrain", demo.pretrain_arguments())
+    pretrain = program_options("pretrain", demo.pretrain_arguments("music-pretrained"))
     assert pretrain.config_name == "preset:wav2vec2-base"
     assert (pretrain.segment_seconds, pretrain.hop_seconds, pretrain.learning_rate) == (20.0, 10.0, 5e-4)
     assert (pretrain.mask_time_prob, pretrain.num_negatives, pretrain.warmup_steps) == (0.65, 100, 32_000)
     assert pretrain.resume_from_checkpoint == "latest"
     finetune = program_options("finetune", demo.finetune_arguments("random init", 2))
     assert finetune.random_init and finetune.seed == 2 and finetune.num_train_epochs == 10
-    assert finetune.model_name_or_path == str(demo.pretrain_dir)
+    assert finetune.model_name_or_path == str(demo.pretrain_dir("music-pretrained"))
+    speech = program_options("pretrain", demo.pretrain_arguments("speech-pretrained"))
+    assert speech.audio_dir == str(demo.speech_dir) and speech.musicnet_dir is None
+    assert {k for k in vars(pretrain) if getattr(pretrain, k) != getattr(speech, k)} == \
+        {"musicnet_dir", "audio_dir", "output_dir"}
 
 
 def test_mini_recipe_and_user_arguments_reach_the_scripts(tmp_path):
     demo = planned_demo(tmp_path, "--pretrain_args=--learning_rate 3e-4", "--finetune_args=--freeze_base_model",
                         "--pretrain_steps", "50")
-    pretrain = program_options("pretrain", demo.pretrain_arguments())
+    pretrain = program_options("pretrain", demo.pretrain_arguments("music-pretrained"))
     assert pretrain.config_name == "preset:wav2vec2-small" and pretrain.segment_seconds == 4.0
     assert pretrain.learning_rate == 3e-4 and pretrain.max_train_steps == 50
     music = program_options("finetune", demo.finetune_arguments("music-pretrained", 0))

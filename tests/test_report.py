@@ -1,9 +1,17 @@
 import json
 
+import numpy as np
 import pytest
 
 from hf_music_w2v.plotting import plot_pretraining
-from hf_music_w2v.report import accuracy_rows, accuracy_table, compare, mean_and_spread
+from hf_music_w2v.report import (
+    accuracy_rows,
+    accuracy_table,
+    mean_and_spread,
+    paired_bootstrap,
+    paired_comparisons,
+    verdict,
+)
 from hf_music_w2v.training.layout import read_jsonl
 
 
@@ -17,13 +25,38 @@ def test_mean_and_spread_use_the_sample_standard_deviation():
     assert mean_and_spread([0.5]) == (0.5, 0.0)
 
 
-def test_compare_says_who_is_ahead_only_when_every_seed_agrees():
-    rows = accuracy_rows({"A": runs([0.5, 0.6, 0.7], [0.30, 0.20, 0.25]),
-                          "B": runs([0.1, 0.2, 0.3], [0.22, 0.28, 0.26])})
-    pitch, family = compare(rows, "A", "B")
-    assert "A is ahead on every seed" in pitch and "+40.0 points" in pitch
-    assert "no clear difference at this scale" in family and "-0.3 points" in family
-    assert compare(rows, "A", "missing") == []
+def test_the_paired_bootstrap_calls_an_arm_ahead_only_when_its_interval_excludes_zero():
+    rng = np.random.default_rng(0)
+    better = (rng.random((3, 220)) < 0.7).astype(float)
+    worse = (rng.random((3, 220)) < 0.4).astype(float)
+    difference, low, high = paired_bootstrap(better, worse)
+    assert abs(difference - (better.mean() - worse.mean())) < 1e-12 and 0 < low < difference < high
+    assert verdict("music", "speech", low, high) == "music is ahead"
+    assert verdict("speech", "music", -high, -low) == "music is ahead"
+    same = (rng.random((3, 220)) < 0.5).astype(float)
+    _, low, high = paired_bootstrap(same, np.roll(same, 1, axis=1))  # same accuracy, other notes right
+    assert low < 0 < high and verdict("a", "b", low, high).startswith("no clear difference")
+
+
+def test_pairing_keeps_each_notes_answers_together():
+    """Ten notes lost in every seed by one arm, the other 190 answered alike: a small gap, but a clear one."""
+    notes = 200
+    hard = np.arange(notes) < 100
+    first = np.tile(~hard, (3, 1)).astype(float)
+    second = first.copy()
+    second[:, 100:110] = 0  # 10 easy notes lost: 5 points, on the same notes in every seed
+    difference, low, high = paired_bootstrap(first, second)
+    assert abs(difference - 0.05) < 1e-12 and 0 < low < 0.05 < high
+
+
+def test_comparisons_cover_every_pair_and_head():
+    rng = np.random.default_rng(1)
+    correct = {arm: {head: (rng.random((2, 50)) < 0.5).astype(float) for head in ("pitch", "instrument")}
+               for arm in ("music", "speech", "random")}
+    rows = [{"init": arm, **{head: {"std": 0.01} for head in ("pitch", "instrument")}} for arm in correct]
+    pairs = {(c["first"], c["second"], c["head"]) for c in paired_comparisons(correct, rows)}
+    assert pairs == {(a, b, h) for a, b in (("music", "speech"), ("music", "random"), ("speech", "random"))
+                     for h in ("pitch", "instrument")}
 
 
 def test_accuracy_table_lists_seeds_and_chance():

@@ -160,16 +160,18 @@ def note_qualities(audio: np.ndarray, sampling_rate: int, family: str) -> list[i
 
 
 def make_mini_nsynth(out_dir: str | os.PathLike, seed: int = 0, notes_per_instrument: int = 8,
-                     soundfont: str | os.PathLike | None = None, pitches: Sequence[int] | None = None
-                     ) -> dict[str, int]:
+                     soundfont: str | os.PathLike | None = None, pitches: Sequence[int] | None = None,
+                     test_notes_per_instrument: int | None = None) -> dict[str, int]:
     """Render nsynth-{train,valid,test}/ (examples.json + audio/*.wav). Returns the note count per split.
 
-    Each instrument plays `notes_per_instrument` pitches drawn from its range, or from `pitches` within its
-    range when given. A short list shared by all instruments makes every split cover the same pitches, as the
-    full NSynth does (each of its instruments plays its whole range), so pitch is learnable from a few notes.
+    Each instrument plays `notes_per_instrument` notes (`test_notes_per_instrument` for the test split's
+    instruments, default the same): distinct (pitch, velocity) pairs, as NSynth's instruments play every pitch
+    at five velocities, with pitches drawn from its range, or from `pitches` within its range when given. A
+    short list shared by all instruments makes every split cover the same pitches, as the full NSynth does (each
+    of its instruments plays its whole range), so pitch is learnable from a few notes. Each instrument draws
+    from its own generator (seeded by `seed` and its number), so one split's size leaves the others' notes be.
     """
     out_dir = Path(out_dir)
-    rng = np.random.default_rng(seed)
     renderer = Renderer(soundfont, SAMPLING_RATE)
     examples = {split: {} for split in ("train", "valid", "test")}
     family_rank: dict[str, int] = {}
@@ -186,22 +188,25 @@ def make_mini_nsynth(out_dir: str | os.PathLike, seed: int = 0, notes_per_instru
         split_dir = out_dir / f"nsynth-{split}"
         (split_dir / "audio").mkdir(parents=True, exist_ok=True)
         rendered = {}
-        # Random pitches across the range; a SoundFont may have gaps in an instrument's keys (TimGM6mb's alto
-        # sax is silent at E4), so silent notes are passed over for the next candidate pitch.
+        rng = np.random.default_rng([seed, instrument_id])
+        count = test_notes_per_instrument if split == "test" and test_notes_per_instrument else notes_per_instrument
+        # Random (pitch, velocity) pairs across the range; a SoundFont may have gaps in an instrument's keys
+        # (TimGM6mb's alto sax is silent at E4), so silent notes are passed over for the next candidate.
         candidates = [p for p in pitches if low <= p <= high] if pitches is not None else range(low, high + 1)
         if not candidates:
             raise ValueError(f"none of pitches {list(pitches)} is in the range {low}-{high} of GM program {program}")
-        for pitch in rng.permutation(np.asarray(candidates)).tolist():
-            if len(rendered) == notes_per_instrument:
+        pairs = [(pitch, velocity) for pitch in candidates for velocity in NSYNTH_VELOCITIES]
+        for index in rng.permutation(len(pairs)).tolist():
+            if len(rendered) == count:
                 break
-            velocity = int(rng.choice(NSYNTH_VELOCITIES))
+            pitch, velocity = pairs[index]
             note_on = int(NOTE_ON_SECONDS * SAMPLING_RATE)
             audio = renderer.render_events([(0, 1, 0, pitch, velocity), (note_on, 0, 0, pitch, 0)], NOTE_SAMPLES)
             if np.abs(audio).max() >= 1e-4:
-                rendered[pitch] = (velocity, np.clip(audio, -1.0, 1.0))
+                rendered[pitch, velocity] = np.clip(audio, -1.0, 1.0)
         if not rendered:
             raise RuntimeError(f"the SoundFont rendered only silence for GM program {program}")
-        for pitch, (velocity, audio) in sorted(rendered.items()):
+        for (pitch, velocity), audio in sorted(rendered.items()):
             note_str = f"{instrument_str}-{pitch:03d}-{velocity:03d}"
             sf.write(split_dir / "audio" / f"{note_str}.wav", audio, SAMPLING_RATE, subtype="PCM_16")
             qualities = note_qualities(audio, SAMPLING_RATE, family)

@@ -422,6 +422,11 @@ class FinetuneTask(TrainingTask):
                                   config.num_instruments)
         write_text_atomic(layout.root / "confusion_matrix.json", json.dumps({"labels": families,
                                                                             "matrix": matrix.tolist()}))
+        # Per note, so that runs scored on the same notes can be compared note by note (paired bootstrap).
+        write_text_atomic(layout.root / "test_predictions.json", json.dumps({
+            "note_str": list(self.splits["test"].with_format(None)["note_str"]),
+            **{head: {"label": predictions[f"{head}_labels"].tolist(),
+                      "predicted": predictions[f"{head}_logits"].argmax(1).tolist()} for head in HEADS}}))
         save_confusion_matrix_png(matrix, families, layout.root / "confusion_matrix.png",
                                   f"NSynth test instrument family (accuracy {test['test_instrument_accuracy']:.3f})")
         results = {**test, **state.best_metrics, "best_epoch": state.best_epoch, **run_summary(state),
