@@ -79,14 +79,13 @@ class DemoState:
         write_text_atomic(path, json.dumps({"settings": self.settings, "seconds": self.seconds}, indent=2))
 
 
-def run_logged(command: list[str], log_path: Path, stage: str, echo: bool, env: dict | None = None) -> None:
+def run_logged(command: list[str], log_path: Path, stage: str, echo: bool) -> None:
     """Run `command`, appending its output to `log_path` (and to stderr with `echo`); raise DemoError on failure."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         log.write(f"$ {shlex.join(command)}\n".encode())
         log.flush()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   env=env or launch_environment())
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=launch_environment())
         try:
             for chunk in iter(lambda: process.stdout.read1(1 << 16), b""):
                 log.write(chunk)
@@ -188,12 +187,10 @@ class Demo:
         """Training output to the terminal too: only when one run goes at a time, so that it reads."""
         return not self.args.quiet and self.args.jobs == 1
 
-    def run_environment(self) -> dict[str, str]:
-        """Each training run's environment; with --jobs N on a CPU the cores are shared out between the runs."""
-        env = launch_environment()
-        if self.args.jobs > 1 and not torch.cuda.is_available():
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.args.jobs))
-        return env
+    def launch(self, program: str, arguments: list[str]) -> list[str]:
+        """The `accelerate launch` command of a training run; with --jobs N the CPU's cores are shared out."""
+        threads = max(1, torch.get_num_threads() // self.args.jobs)
+        return launch_command(program, arguments, self.args.accelerate_config, cpu_threads=threads)
 
     # Stage 1: data.
     def render_data(self) -> None:
@@ -239,8 +236,8 @@ class Demo:
 
     def pretrain(self, init: str) -> None:
         name = self.pretrain_dir(init).name
-        run_logged(launch_command("pretrain", self.pretrain_arguments(init), self.args.accelerate_config),
-                   self.out / "logs" / f"{name}.log", name, self.echo, self.run_environment())
+        run_logged(self.launch("pretrain", self.pretrain_arguments(init)), self.out / "logs" / f"{name}.log", name,
+                   self.echo)
 
     @property
     def random_dir(self) -> Path:
@@ -278,8 +275,8 @@ class Demo:
 
     def finetune(self, init: str, seed: int) -> None:
         name = self.run_dir(init, seed).name
-        run_logged(launch_command("finetune", self.finetune_arguments(init, seed), self.args.accelerate_config),
-                   self.out / "logs" / f"finetune-{name}.log", f"finetune {name}", self.echo, self.run_environment())
+        run_logged(self.launch("finetune", self.finetune_arguments(init, seed)),
+                   self.out / "logs" / f"finetune-{name}.log", f"finetune {name}", self.echo)
 
     # Stage 4: codebook analysis.
     def codebook(self) -> None:

@@ -337,3 +337,14 @@ def test_training_runs_are_launched_for_this_machine(monkeypatch):
     assert "--cpu" in single and single[single.index("--num_processes") + 1] == "1"
     double = launch.launch_command("finetune", [], None, num_processes=2)
     assert "--multi_gpu" in double and double[double.index("--num_processes") + 1] == "2"
+
+
+def test_parallel_runs_share_the_cpu_threads_out(tmp_path):
+    """--jobs N gives each training run 1/N of the threads (accelerate's flag, which overrides OMP_NUM_THREADS)."""
+    import torch
+
+    for jobs in (1, 2):
+        demo = planned_demo(tmp_path, "--jobs", str(jobs))
+        command = demo.launch("finetune", demo.finetune_arguments("music-pretrained", 0))
+        threads = command[command.index("--num_cpu_threads_per_process") + 1]
+        assert threads == str(max(1, torch.get_num_threads() // jobs))

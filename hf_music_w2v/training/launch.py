@@ -14,11 +14,12 @@ PROGRAMS = {"pretrain": "hf_music_w2v.training.pretrain", "finetune": "hf_music_
 
 
 def launch_command(program: str, program_args: list[str], accelerate_config: str | None = None,
-                   num_processes: int | None = None) -> list[str]:
+                   num_processes: int | None = None, cpu_threads: int | None = None) -> list[str]:
     """`accelerate launch` of a training program in this interpreter.
 
     With `accelerate_config`, that file decides (a `num_processes` given too overrides its count). Without
-    one: `num_processes` local processes (default 1) on the GPUs if there are any, else on the CPU.
+    one: `num_processes` local processes (default 1) on the GPUs if there are any, else on the CPU, with
+    `cpu_threads` threads in all (default: this process's torch thread count) shared out between them.
     """
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate_config:
@@ -34,7 +35,7 @@ def launch_command(program: str, program_args: list[str], accelerate_config: str
             command.append("--multi_gpu")
         elif not torch.cuda.is_available():
             command.append("--cpu")
-        threads = max(1, torch.get_num_threads() // processes) if not torch.cuda.is_available() else 1
+        threads = max(1, (cpu_threads or torch.get_num_threads()) // processes) if not torch.cuda.is_available() else 1
         command += ["--num_cpu_threads_per_process", str(threads)]
     return command + ["-m", PROGRAMS[program], *program_args]
 
