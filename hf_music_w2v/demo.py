@@ -40,7 +40,7 @@ import torch
 
 from .atomic import staged_directory, write_text_atomic
 from .training.launch import launch_command, launch_environment
-from .training.layout import HEADS, RunLayout
+from .training.layout import HEAD_TITLES, HEADS, RunLayout
 
 # C and G in every octave of the MIDI piano range: each mini instrument plays some of them, so the NSynth splits
 # share their pitches as the real ones do and pitch is learnable from a few notes per instrument.
@@ -195,14 +195,14 @@ class Demo:
     # Stage 1: data.
     def render_data(self) -> None:
         from .data.mini import make_mini_musicnet, make_mini_nsynth
-        from .data.mini_speech import make_mini_speech
+        from .data.mini_speech import MINI_SPEAKERS, make_mini_speech
 
         if not self.musicnet_ready():
             with staged_directory(self.musicnet_dir) as staging:
                 make_mini_musicnet(staging, seed=self.args.data_seed, seconds=self.args.musicnet_seconds)
         if not self.speech_ready():
-            # As much speech as music: 8 speakers x the seconds of each of the 8 scores.
-            make_mini_speech(self.speech_dir, seed=self.args.data_seed, seconds_per_speaker=self.args.musicnet_seconds)
+            make_mini_speech(self.speech_dir, seed=self.args.data_seed,
+                             seconds_per_speaker=self.music_train_seconds() / len(MINI_SPEAKERS))
         if not self.nsynth_ready():
             with staged_directory(self.nsynth_dir) as staging:
                 make_mini_nsynth(staging, seed=self.args.data_seed, pitches=PITCH_GRID,
@@ -215,6 +215,14 @@ class Demo:
 
     def nsynth_ready(self) -> bool:
         return bool(self.args.nsynth_dir) or (self.nsynth_dir / "nsynth-test" / "examples.json").is_file()
+
+    def music_train_seconds(self) -> float:
+        """Seconds of MusicNet's train recordings: mini-speech gets as many (rendered ones; else 8 x --musicnet_seconds)."""
+        import soundfile as sf
+
+        if self.args.musicnet_dir:
+            return 8 * self.args.musicnet_seconds
+        return sum(sf.info(path).duration for path in (self.musicnet_dir / "train_data").glob("*.wav"))
 
     def speech_ready(self) -> bool:
         return bool(self.args.speech_dir) or self.speech_dir.is_dir()
@@ -452,7 +460,7 @@ def claim_lines(comparisons: list[dict], codebook: dict) -> list[str]:
             verdict = "disagrees: the speech-pretrained model is ahead"
         else:
             verdict = "cannot tell at this scale: the interval includes 0"
-        lines.append(f"- *Music pretraining beats speech pretraining on {c['head']}*: music - speech = "
+        lines.append(f"- *Music pretraining beats speech pretraining on {HEAD_TITLES[c['head']]}*: music - speech = "
                      f"{100 * sign * c['difference']:+.1f} points, 95% interval [{100 * low:+.1f}, {100 * high:+.1f}] "
                      f"over {c['notes']} test notes; the miniature {verdict}.")
     music = codebook.get(MUSIC)

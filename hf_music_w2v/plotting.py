@@ -104,7 +104,7 @@ def plot_probe_layers(reports: dict[str, dict], path: str | os.PathLike) -> Path
     tasks = sorted({entry["task"] for report in reports.values() for entry in report["results"]},
                    key=lambda task: ("pitch", "instrument").index(task))
     titles = {"pitch": "pitch", "instrument": "instrument family"}
-    figure, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.0), squeeze=False)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.0 + 0.25 * len(reports)), squeeze=False)
     styles = {"linear": "-", "mlp": "--"}
     for axis, task in zip(axes[0], tasks):
         for index, (label, report) in enumerate(reports.items()):
@@ -125,8 +125,10 @@ def plot_probe_layers(reports: dict[str, dict], path: str | os.PathLike) -> Path
         axis.xaxis.get_major_locator().set_params(integer=True)
         axis.set_ylabel("test accuracy")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    figure.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    rows = (len(labels) + 2) // 3
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.05 + 0.045 * rows, 1, 1))  # room below the panels for the legend
     return save_figure(figure, path)
 
 
