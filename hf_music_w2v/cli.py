@@ -26,6 +26,7 @@ from . import demo as demo_module
 from . import probing as probing_module
 from .demo import Demo, DemoError, add_demo_arguments
 from .modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification
+from .precision import PRECISIONS
 from .training.launch import PROGRAMS, launch
 
 logger = logging.get_logger(__name__)
@@ -172,7 +173,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def make_runner(runner_class, model, extractor, outputs_fn, args: argparse.Namespace):
     try:
         return runner_class(model, extractor, outputs_fn, batch_size=default_batch_size(args),
-                            window_seconds=args.window_seconds, device=args.device)
+                            window_seconds=args.window_seconds, device=args.device, precision=args.precision)
     except ValueError as error:  # a window shorter than the model's receptive field
         raise SystemExit(f"error: --{error}") from None
 
@@ -315,7 +316,7 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+def add_inference_arguments(parser: argparse.ArgumentParser, precision: str) -> None:
     parser.add_argument("model", help="a folder or Hub id")
     parser.add_argument("files", nargs="+", help="audio files (any sample rate, channel count or length)")
     parser.add_argument("--batch_size", type=int, default=None,
@@ -324,6 +325,10 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window_seconds", type=float, default=4.0,
                         help="longer files are cut into windows of this length and averaged (default 4, as NSynth)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default=precision,
+                        help=f"fp32, bf16 autocast (about 2x faster where the device computes bf16 natively; "
+                             f"values within about 1%% of fp32), or auto: bf16 on such a device (a GPU with bf16, "
+                             f"a CPU with AVX512-BF16 or AMX), else fp32 (default {precision})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,13 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     mini.set_defaults(handler=run_make_mini_datasets)
 
     predict = commands.add_parser("predict", help="pitch and instrument family of audio files with a fine-tuned model")
-    add_inference_arguments(predict)
+    add_inference_arguments(predict, precision="auto")  # an answer, not digits
     predict.add_argument("--top_k", type=int, default=1, help="classes listed per head (default 1)")
     predict.add_argument("--json", action="store_true", help="one JSON object per file instead of text")
     predict.set_defaults(handler=run_predict)
 
     embed = commands.add_parser("embed", help="mean-pooled embeddings of one layer for audio files, to an .npz")
-    add_inference_arguments(embed)
+    add_inference_arguments(embed, precision="fp32")  # features for further work: full precision
     embed.add_argument("--layer", type=int, default=-1,
                        help="0: Transformer input, N: output of layer N, -1: last layer (default)")
     embed.add_argument("--output", required=True, help="the .npz to write (embeddings, files, layer)")

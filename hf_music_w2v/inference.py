@@ -21,12 +21,14 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path
-from .audio import resample_blocks, resampled_length, window_starts, windows_of_stream
+from .audio import resample, resample_blocks, resampled_length, window_starts, windows_of_stream
 from .data.validation import DataError, audio_info, read_audio_blocks
+from .precision import autocast, resolve_precision
 
 DEFAULT_WINDOW_SECONDS = 4.0  # NSynth's note length, what the classifier was trained on
 #: A file whose RMS level (after downmixing, full scale = 0 dBFS) is below this is silent: nothing to classify.
 SILENCE_DBFS = -60.0
+READ_BLOCK_FRAMES = 1 << 20  # samples read at a time: memory stays bounded whatever a file's length
 
 
 def receptive_field(config) -> int:
@@ -47,7 +49,11 @@ def file_windows(path: str | os.PathLike, sampling_rate: int, window: int):
     total = resampled_length(frames, rate, sampling_rate)
     if total == 0:
         raise DataError(path, "contains no samples")
-    pieces = resample_blocks(read_audio_blocks(path, downmix=True), rate, sampling_rate)
+    blocks = read_audio_blocks(path, block_frames=READ_BLOCK_FRAMES, downmix=True)
+    if frames <= READ_BLOCK_FRAMES:  # one block: resampled in one call (the block-wise resampler takes two)
+        pieces = iter([resample(next(blocks), rate, sampling_rate)])
+    else:
+        pieces = resample_blocks(blocks, rate, sampling_rate)
     starts = window_starts(total, window, window)
     return total, ((start, audio[: min(window, total - start)])
                    for start, audio in windows_of_stream(pieces, total, starts, window))
@@ -70,7 +76,8 @@ class AudioRunner:
     """Runs `model` on the windows of many files in batches; `outputs_fn(model output) -> {name: [batch, dim]}`."""
 
     def __init__(self, model, feature_extractor, outputs_fn, batch_size: int = 16,
-                 window_seconds: float = DEFAULT_WINDOW_SECONDS, device: str | torch.device = "cpu"):
+                 window_seconds: float = DEFAULT_WINDOW_SECONDS, device: str | torch.device = "cpu",
+                 precision: str = "auto"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.to(device).eval()
@@ -84,6 +91,7 @@ class AudioRunner:
             raise ValueError(f"window_seconds must be at least {self.min_samples / self.sampling_rate:.3f} s "
                              f"(the model's receptive field), got {window_seconds}")
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
 
     def run(self, paths: Sequence[str | os.PathLike], files_per_chunk: int | None = None) -> Iterator[FileResult]:
         """Results in the order of `paths`; files are read `files_per_chunk` at a time (default: batch size)."""
@@ -135,11 +143,13 @@ class AudioRunner:
             results[index].outputs = {name: total / results[index].windows for name, total in totals.items()}
         return results
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _forward(self, windows: list[np.ndarray]) -> dict[str, np.ndarray]:
         inputs = self.extractor(windows, sampling_rate=self.sampling_rate, return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_values", "attention_mask")}
-        return {name: value.float().cpu().numpy() for name, value in self.outputs_fn(self.model, inputs).items()}
+        with autocast(self.precision, self.device):
+            outputs = self.outputs_fn(self.model, inputs)
+        return {name: value.float().cpu().numpy() for name, value in outputs.items()}
 
 
 def class_probabilities(model, inputs) -> dict[str, torch.Tensor]:

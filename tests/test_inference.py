@@ -59,7 +59,7 @@ def test_predict_handles_any_rate_channels_and_length_and_reports_bad_files(mode
 
 
 def test_predict_on_a_note_matches_the_model(model_dir, audio_files, tiny_model, capsys):
-    assert main(["predict", str(model_dir), str(audio_files["note"])]) == 0
+    assert main(["predict", str(model_dir), str(audio_files["note"]), "--precision", "fp32"]) == 0
     line = capsys.readouterr().out.strip()
     audio = torch.from_numpy(sf.read(audio_files["note"], dtype="float32")[0])[None]
     with torch.no_grad():
@@ -69,6 +69,28 @@ def test_predict_on_a_note_matches_the_model(model_dir, audio_files, tiny_model,
     probability = float(output.pitch_logits.softmax(-1)[0, pitch])
     assert f"pitch {tiny_model.config.pitch_id2label[pitch]} (MIDI {pitch}) {probability:.3f}" in line
     assert f"instrument family {family} " in line
+
+
+def test_bf16_inference_stays_close_to_fp32(model_dir, audio_files, tiny_model):
+    """bf16 autocast (predict's default where the device has native bf16) against fp32, on the same files."""
+    from transformers import AutoFeatureExtractor
+
+    from hf_music_w2v.inference import AudioRunner, class_probabilities, layer_embedding
+
+    extractor = AutoFeatureExtractor.from_pretrained(model_dir)
+    paths = [audio_files[k] for k in ("note", "long", "short")]
+    results = {}
+    for precision in ("fp32", "bf16"):
+        probabilities = AudioRunner(tiny_model, extractor, class_probabilities, batch_size=2, precision=precision)
+        embeddings = AudioRunner(tiny_model, extractor, layer_embedding(-1), batch_size=2, precision=precision)
+        results[precision] = ([r.outputs for r in probabilities.run(paths)], [r.outputs for r in embeddings.run(paths)])
+    for fp32, bf16 in zip(results["fp32"][0], results["bf16"][0]):
+        for head in ("pitch", "instrument"):
+            assert np.abs(fp32[head] - bf16[head]).max() < 0.01 * fp32[head].max()
+    for fp32, bf16 in zip(results["fp32"][1], results["bf16"][1]):
+        assert np.linalg.norm(fp32["embedding"] - bf16["embedding"]) < 0.02 * np.linalg.norm(fp32["embedding"])
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
+        AudioRunner(tiny_model, extractor, class_probabilities, precision="fp16")
 
 
 def test_predict_refuses_a_backbone_without_heads(tmp_path, audio_files):

@@ -15,13 +15,18 @@ from transformers import Wav2Vec2ForPreTraining
 from hf_music_w2v.training.checkpoints import list_checkpoints
 from hf_music_w2v.training.engine import (
     NonFiniteGuard,
+    build_optimizer,
     TrainingDiverged,
     UpdateBatchSampler,
     seeded_generator,
 )
+from hf_music_w2v.training.arguments import RunArguments
 from hf_music_w2v.training.pretrain import (
+    compile_static_parts,
+    contrastive_loss,
     gumbel_temperature,
     pretraining_batch,
+    pretraining_losses,
     pretraining_update,
     sample_negatives,
     span_mask,
@@ -111,6 +116,106 @@ def test_gumbel_temperature_decays_to_its_floor():
     assert gumbel_temperature(0) == 2.0
     assert gumbel_temperature(1000) == pytest.approx(2.0 * 0.999995**1000)
     assert gumbel_temperature(10_000_000) == 0.5
+
+
+@pytest.mark.parametrize("codevectors", [320, 2], ids=["codebook", "collapsed-codebook"])
+def test_the_fast_contrastive_loss_is_transformers_loss(codevectors):
+    """Same loss, same gradients as `Wav2Vec2ForPreTraining`'s own, also when negatives repeat their positive."""
+    # With 2 codes in each of 2 groups, a quarter of the negatives carry their positive's vector, which both
+    # losses must exclude; the test checks that such negatives occur.
+    config = tiny_pretraining_config(num_codevectors_per_group=codevectors, num_codevector_groups=2,
+                                     num_negatives=20)
+    audio = torch.randn(3, 6000, generator=torch.Generator().manual_seed(1))
+    batch = pretraining_batch(audio, [(0, 0, i) for i in range(3)], config)
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(config).train()
+    results = {}
+    for fast in (False, True):
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout and Gumbel draws for both
+        losses = pretraining_losses(model, batch, config, fast_loss=fast)
+        losses.loss.backward()
+        results[fast] = (losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (reference, reference_grads), (fast, fast_grads) = results[False], results[True]
+    for name in ("loss", "contrastive_loss", "diversity_loss", "codevector_perplexity"):
+        torch.testing.assert_close(getattr(fast, name), getattr(reference, name), rtol=1e-5, atol=1e-4, msg=name)
+    assert fast_grads.keys() == reference_grads.keys()
+    # fp32 rounding: transformers' own loss, run twice, differs by about 1e-7 of the largest gradient.
+    scale = max(float(grad.abs().max()) for grad in reference_grads.values())
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, rtol=1e-4, atol=2e-6 * scale, msg=name)
+
+    torch.manual_seed(1)
+    output = model(batch["input_values"], mask_time_indices=batch["mask_time_indices"])
+    quantized = output.projected_quantized_states.detach().flatten(0, 1)
+    masked = batch["mask_time_indices"].flatten().nonzero().squeeze(1)
+    negatives = batch["sampled_negative_indices"].flatten(0, 1)[masked]
+    repeats = (quantized[negatives] == quantized[masked][:, None]).all(-1).float().mean()
+    assert repeats > 0.05 or codevectors > 2
+
+
+def test_the_fast_contrastive_loss_refuses_negatives_from_another_example():
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    negatives = torch.zeros(2, 4, 3, dtype=torch.long)  # example 1's negatives point into example 0
+    with pytest.raises(ValueError, match="same example"):
+        contrastive_loss(torch.randn(2, 4, 8), torch.randn(2, 4, 8), mask, negatives, 0.1)
+
+
+def reset_accelerate_state() -> None:
+    """accelerate keeps one process-wide state whose mixed precision cannot change; comparing several needs a reset."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    yield
+    reset_accelerate_state()  # leave the default state to the tests that follow
+
+
+def updates_with(options: dict, config, batches) -> list[float]:
+    """The pretraining loss of each of `batches`, an update after each, under the engine's speed `options`."""
+    from accelerate import Accelerator
+
+    reset_accelerate_state()
+    accelerator = Accelerator(cpu=True, mixed_precision=options.get("mixed_precision", "no"))
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(config).eval()  # deterministic forward: the options alone differ
+    run = RunArguments(output_dir="unused", learning_rate=1e-3,
+                       adamw_implementation=options.get("adamw_implementation", "for-loop"))
+    optimizer = build_optimizer([{"params": list(model.parameters())}], run)
+    if options.get("torch_compile"):
+        compile_static_parts(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return [pretraining_update(accelerator, model, optimizer, [batch], 25.0, options.get("fast_loss", False)).loss
+            for batch in batches]
+
+
+SPEED_OPTIONS = {  # option -> (engine settings, relative tolerance on the loss against fp32 eager)
+    "fast-loss": ({"fast_loss": True}, 1e-5),
+    "fused-adamw": ({"adamw_implementation": "fused"}, 1e-5),
+    "foreach-adamw": ({"adamw_implementation": "foreach"}, 1e-5),
+    "bf16": ({"mixed_precision": "bf16"}, 2e-2),
+    "compile": ({"torch_compile": True}, 1e-4),
+    "all": ({"fast_loss": True, "adamw_implementation": "fused", "mixed_precision": "bf16", "torch_compile": True},
+            2e-2),
+}
+
+
+@pytest.mark.parametrize("option", SPEED_OPTIONS)
+def test_each_speed_option_computes_the_fp32_eager_update(option, fresh_accelerate_state):
+    """The loss before and after one update agrees with fp32 eager (transformers' loss, for-loop AdamW); finite over
+    a short run. bf16 rounds activations to 8 bits of mantissa, hence its looser tolerance."""
+    config = tiny_pretraining_config()
+    audio = torch.randn(5, 2, 6000, generator=torch.Generator().manual_seed(3))
+    batches = [pretraining_batch(audio[i], [(0, i, 0), (0, i, 1)], config) for i in range(5)]
+    reference = updates_with({}, config, batches[:2])
+    settings, tolerance = SPEED_OPTIONS[option]
+    losses = updates_with(settings, config, batches)
+    assert losses[:2] == pytest.approx(reference, rel=tolerance)
+    assert all(math.isfinite(loss) for loss in losses)
+    assert losses[0] != losses[1]  # the update changed the model
 
 
 def one_update(micro_batches, config, optimizer_class=torch.optim.SGD):

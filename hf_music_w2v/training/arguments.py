@@ -45,9 +45,14 @@ class RunArguments:
     max_train_steps: int | None = option(None, "updates in all (default: the epochs' updates)")
     max_consecutive_skips: int = option(20, "stop after this many updates in a row with a non-finite loss or "
                                             "gradient")
-    mixed_precision: str | None = option(None, "no, fp16 or bf16 (default: the accelerate launcher's setting)",
-                                         choices=["no", "fp16", "bf16"])
-    torch_compile: bool = option(False, "compile the model's forward with torch.compile")
+    mixed_precision: str = option("auto", "auto, no, fp16 or bf16. auto: the accelerate launcher's fp16 or bf16 if "
+                                          "it sets one, else bf16 where the device computes it natively (a GPU "
+                                          "with bf16, a CPU with AVX512-BF16 or AMX), else fp32",
+                                  choices=["auto", "no", "fp16", "bf16"])
+    torch_compile: bool = option(False, "compile the model's static-shape parts with torch.compile")
+    adamw_implementation: str = option("fused", "AdamW kernel: fused (one kernel for all parameters, CPU or GPU), "
+                                                "foreach, or for-loop (one parameter at a time)",
+                                       choices=["fused", "foreach", "for-loop"])
     dataloader_num_workers: int = option(0, "DataLoader worker processes")
     cache_dir: str | None = option(None, "dataset cache (default $HF_MUSIC_W2V_CACHE or ~/.cache/hf_music_w2v)")
     checkpointing_steps: str = option("1000", "save a checkpoint every N updates, or 'epoch' after each epoch")

@@ -28,6 +28,7 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from ..precision import bf16_is_native
 from .arguments import OPERATIONAL, RunArguments
 from .checkpoints import TrainerState, params_finite, reset_metrics_log, restore_checkpoint, save_checkpoint
 from .layout import OutputDirInUse, OutputDirTaken, RunLayout
@@ -145,6 +146,24 @@ def check_launch(accelerator) -> None:
             "machine without GPUs set ACCELERATE_USE_CPU=true for a multi-process launch (README, 'Training').")
 
 
+def resolve_mixed_precision(requested: str, use_cpu: bool) -> str:
+    """`--mixed_precision auto`: the launcher's fp16 or bf16 if it set one, else bf16 where native, else no."""
+    if requested != "auto":
+        return requested
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launcher in ("fp16", "bf16"):
+        return launcher
+    device = torch.device("cuda" if torch.cuda.is_available() and not use_cpu else "cpu")
+    return "bf16" if bf16_is_native(device) else "no"
+
+
+def build_optimizer(parameter_groups: list[dict], run: RunArguments) -> torch.optim.AdamW:
+    """AdamW with the run's settings and kernel (`--adamw_implementation`)."""
+    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
+    return torch.optim.AdamW(parameter_groups, lr=run.learning_rate, betas=(run.adam_beta1, run.adam_beta2),
+                             eps=run.adam_epsilon, weight_decay=run.weight_decay, **kernel[run.adamw_implementation])
+
+
 def run_summary(state: TrainerState) -> dict:
     """The results every run reports, whatever it trained."""
     return {"steps": state.step, "epochs": state.epoch, "skipped_updates": state.skipped_updates,
@@ -192,6 +211,10 @@ class TrainingTask:
 
     def audio_seconds_per_update(self, accelerator) -> float | None:
         return None
+
+    def compile_model(self, model) -> None:
+        """`--torch_compile`: compile the model in place (parameter names, and so checkpoints, stay the same)."""
+        model.compile()
 
     def before_update(self, model, state: TrainerState) -> None:
         """Anything the model needs before update `state.step + 1` (e.g. a temperature schedule)."""
@@ -243,8 +266,9 @@ def train(task: TrainingTask) -> int:
     torch.manual_seed(run.seed)
     model = task.build_model()
     report_to = [] if run.report_to == "none" else run.report_to
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
     accelerator = Accelerator(
-        mixed_precision=run.mixed_precision,
+        mixed_precision=resolve_mixed_precision(run.mixed_precision, use_cpu),
         log_with=report_to or None,
         project_config=ProjectConfiguration(project_dir=str(layout.root), logging_dir=str(layout.logs)),
         # layerdrop skips whole layers, whose parameters then get no gradient; DDP must be told to expect that.
@@ -267,12 +291,10 @@ def train(task: TrainingTask) -> int:
         raise SystemExit("error: --streaming needs --max_train_steps (the number of examples is not known in advance)")
     max_steps = run.max_train_steps or run.num_train_epochs * (per_epoch // accumulation)
 
-    optimizer = torch.optim.AdamW(task.parameter_groups(model), lr=run.learning_rate,
-                                  betas=(run.adam_beta1, run.adam_beta2), eps=run.adam_epsilon,
-                                  weight_decay=run.weight_decay, fused=accelerator.device.type == "cuda")
+    optimizer = build_optimizer(task.parameter_groups(model), run)
     learning_rates = [group["lr"] for group in optimizer.param_groups]
     if run.torch_compile:
-        model.compile()  # compiles forward in place: parameter names, and so checkpoints, stay the same
+        task.compile_model(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
@@ -395,4 +417,4 @@ def train(task: TrainingTask) -> int:
 
 
 __all__ = ["NonFiniteGuard", "TrainingDiverged", "TrainingTask", "UpdateBatchSampler", "UpdateResult",
-           "check_launch", "no_sync_unless_last", "run_summary", "seeded_generator", "step_if_finite", "train"]
+           "build_optimizer", "check_launch", "resolve_mixed_precision", "no_sync_unless_last", "run_summary", "seeded_generator", "step_if_finite", "train"]

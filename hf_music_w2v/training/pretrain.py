@@ -121,6 +121,69 @@ def pretraining_batch(audio: torch.Tensor, keys: Sequence[Sequence[int]], config
     }
 
 
+def contrastive_loss(projected_states: torch.Tensor, projected_quantized_states: torch.Tensor,
+                     mask_time_indices: torch.Tensor, sampled_negative_indices: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """wav2vec 2.0's contrastive loss summed over masked frames: `Wav2Vec2ForPreTraining`'s value, computed cheaply.
+
+    projected_states, projected_quantized_states: [batch, frame, feature] (the model's outputs);
+    mask_time_indices: bool [batch, frame]; sampled_negative_indices: long [batch, frame, negative], indices into
+    the flattened [batch * frame] frames, each within its own example.
+
+    transformers gathers the negatives' vectors for every frame, masked or not ([negative + 1, batch, frame,
+    feature]), and takes cosine similarities there. Here one batched product of unit vectors scores every frame
+    against every frame of its example, and the masked frames' positives and negatives are picked from it: the
+    same logits, a small fraction of the memory traffic. Negatives equal to their positive (the same code in every
+    group) are excluded as transformers excludes them, compared through ids of unique vectors instead of vector by
+    vector. Computed in fp32 whatever the autocast dtype.
+    """
+    batch_size, num_frames, _ = projected_quantized_states.shape
+    with torch.autocast(projected_states.device.type, enabled=False):
+        predicted = torch.nn.functional.normalize(projected_states.float(), dim=-1, eps=1e-8)
+        targets = torch.nn.functional.normalize(projected_quantized_states.float(), dim=-1, eps=1e-8)
+        similarity = torch.bmm(predicted, targets.transpose(1, 2)) / temperature  # [batch, frame, frame]
+        masked = mask_time_indices.reshape(-1).nonzero().squeeze(1)
+        rows, frames = masked // num_frames, masked % num_frames
+        negatives = sampled_negative_indices.reshape(batch_size * num_frames, -1)[masked]  # [masked, negative]
+        local = negatives - rows[:, None] * num_frames
+        if local.numel() and (local.min() < 0 or local.max() >= num_frames):
+            raise ValueError("sampled_negative_indices must point to frames of the same example")
+        logits = similarity[rows[:, None], frames[:, None], torch.cat([frames[:, None], local], dim=1)]
+        with torch.no_grad():
+            flat = projected_quantized_states.detach().reshape(batch_size * num_frames, -1)
+            vector_id = torch.unique(flat, dim=0, return_inverse=True)[1]
+            same_as_positive = vector_id[negatives] == vector_id[masked][:, None]
+        logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same_as_positive, float("-inf"))], dim=1)
+        positive = torch.zeros(len(masked), dtype=torch.long, device=logits.device)
+        return torch.nn.functional.cross_entropy(logits, positive, reduction="sum")
+
+
+@dataclass
+class PretrainingLosses:
+    """The losses of one micro-batch, summed over its masked frames (as `Wav2Vec2ForPreTraining` reports them)."""
+
+    loss: torch.Tensor
+    contrastive_loss: torch.Tensor
+    diversity_loss: torch.Tensor
+    codevector_perplexity: torch.Tensor
+
+
+def pretraining_losses(model, batch: dict, config: Wav2Vec2Config, fast_loss: bool = True) -> PretrainingLosses:
+    """One micro-batch's forward pass and losses: with `fast_loss`, `contrastive_loss` replaces transformers' own."""
+    if not fast_loss:
+        output = model(**batch)
+        return PretrainingLosses(output.loss, output.contrastive_loss, output.diversity_loss,
+                                 output.codevector_perplexity)
+    mask = batch["mask_time_indices"]
+    output = model(batch["input_values"], mask_time_indices=mask)
+    contrastive = contrastive_loss(output.projected_states, output.projected_quantized_states, mask,
+                                   batch["sampled_negative_indices"], config.contrastive_logits_temperature)
+    codevectors = config.num_codevectors_per_group * config.num_codevector_groups
+    diversity = (codevectors - output.codevector_perplexity) / codevectors * mask.sum()
+    return PretrainingLosses(contrastive + config.diversity_loss_weight * diversity, contrastive, diversity,
+                             output.codevector_perplexity)
+
+
 @dataclass
 class UpdateStats:
     """What one optimizer update did, summed or averaged over its micro-batches and all processes."""
@@ -135,8 +198,8 @@ class UpdateStats:
     skipped: bool
 
 
-def pretraining_update(accelerator, model, optimizer, micro_batches: Sequence[dict], max_grad_norm: float | None
-                       ) -> UpdateStats:
+def pretraining_update(accelerator, model, optimizer, micro_batches: Sequence[dict], max_grad_norm: float | None,
+                       fast_loss: bool = True) -> UpdateStats:
     """Forward and backward over `micro_batches`, then one clipped optimizer step (or a counted skip).
 
     `Wav2Vec2ForPreTraining` returns losses summed over masked frames. The gradient applied is that of the sum
@@ -144,15 +207,17 @@ def pretraining_update(accelerator, model, optimizer, micro_batches: Sequence[di
     before the first forward pass: each backward uses `loss * num_processes / total`, and DDP's all-reduce, which
     averages over processes, turns that into the exact global normalisation. Gradients are synchronised only on
     the last micro-batch. A non-finite loss or gradient norm skips the step; under fp16 the GradScaler decides.
+    `fast_loss=False` uses transformers' own contrastive loss (the same value, computed more slowly).
     """
     local = torch.tensor([sum(int(b["mask_time_indices"].sum()) for b in micro_batches),
                           sum(b["mask_time_indices"].numel() for b in micro_batches)], device=accelerator.device)
     masked_frames, total_frames = (int(v) for v in accelerator.reduce(local, reduction="sum"))
     scale = accelerator.num_processes / max(masked_frames, 1)
     sums = torch.zeros(4, device=accelerator.device)  # loss, contrastive, diversity, perplexity
+    config = accelerator.unwrap_model(model).config
     for index, batch in enumerate(micro_batches):
         with no_sync_unless_last(accelerator, model, index, len(micro_batches)):
-            output = model(**batch)
+            output = pretraining_losses(model, batch, config, fast_loss)
             accelerator.backward(output.loss * scale)
         sums += torch.stack([output.loss, output.contrastive_loss, output.diversity_loss,
                              output.codevector_perplexity]).detach().float()
@@ -163,6 +228,17 @@ def pretraining_update(accelerator, model, optimizer, micro_batches: Sequence[di
     grad_norm = float(grad_norm)
     skipped = step_if_finite(accelerator, optimizer, loss, grad_norm)
     return UpdateStats(loss, contrastive, diversity, perplexity, grad_norm, masked_frames, total_frames, skipped)
+
+
+def compile_static_parts(model: Wav2Vec2ForPreTraining) -> None:
+    """`--torch_compile` for pretraining: compile, in place, the parts whose shapes do not depend on the data.
+
+    Those are the convolutional feature encoder, the Transformer and the quantizer. transformers writes the masked
+    frames with a boolean index (`hidden_states[mask] = ...`), whose data-dependent shape would split a whole-model
+    graph there anyway; the contrastive loss, which picks the masked frames, stays eager for the same reason.
+    """
+    for part in (model.wav2vec2.feature_extractor, model.wav2vec2.encoder, model.quantizer):
+        part.compile()
 
 
 def feature_grad_multiplier(model: torch.nn.Module, scale: float):
@@ -278,6 +354,9 @@ class PretrainTask(TrainingTask):
     @property
     def find_unused_parameters(self) -> bool:
         return self.config.layerdrop > 0
+
+    def compile_model(self, model) -> None:
+        compile_static_parts(model)
 
     def load_data(self, accelerator) -> None:
         from ..data import load_audio_folder, load_musicnet
