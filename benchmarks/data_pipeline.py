@@ -4,14 +4,18 @@
 
 Renders mini datasets once, grows them by copying files (x1 and x4), then measures, each in a fresh process:
 - MusicNet windows (20 s, 10 s hop, 16 kHz): seconds of audio delivered per second of wall time;
-- NSynth notes: clips per second;
+- NSynth notes: clips per second, row by row, in batches of 64 (`.iter(batch_size=64)`), and through fine-tuning's
+  path (a DataLoader of batches of 64 with `collate_notes`, which also stacks and normalises: model inputs), each
+  also with "+heap": in the training programs' environment, where glibc keeps freed audio buffers;
 for ours (after the first, caching pass) and for the baseline (soundfile read of the item's span + torchaudio
-resample per item, no cache), plus each process's peak RSS. Prints ratios against the baseline of the same run.
+resample per item, no cache), plus each process's peak RSS. Each mode is measured `--repeats` times, the modes
+alternating; the median is reported, with ratios against the baseline of the same run.
 """
 
 import argparse
 import csv
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -95,6 +99,20 @@ def measure(kind: str, mode: str, data: Path, cache: Path) -> dict:
         start = time.perf_counter()
         dataset = load_nsynth(data, "train", cache_dir=cache)
         seconds = sum(1 for row in dataset if row["audio"]["array"].size)
+    elif mode == "ours-iter64":
+        load_nsynth(data, "train", cache_dir=cache)
+        start = time.perf_counter()
+        dataset = load_nsynth(data, "train", cache_dir=cache)
+        seconds = sum(len(batch["audio"]) for batch in dataset.iter(batch_size=64))
+    elif mode == "ours-collate64":
+        from hf_music_w2v.data import collate_notes
+
+        load_nsynth(data, "train", cache_dir=cache)
+        start = time.perf_counter()
+        dataset = load_nsynth(data, "train", cache_dir=cache)
+        batches = [list(range(i, min(i + 64, len(dataset)))) for i in range(0, len(dataset), 64)]
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_notes)
+        seconds = sum(len(batch["input_values"]) for batch in loader)
     else:
         start = time.perf_counter()
         split = data / "nsynth-train"
@@ -111,9 +129,13 @@ def measure(kind: str, mode: str, data: Path, cache: Path) -> dict:
 
 
 def run_measurement(kind: str, mode: str, data: Path, cache: Path) -> dict:
+    from hf_music_w2v.training.launch import MALLOC_ENVIRONMENT
+
+    # "+heap": glibc keeps freed audio buffers, as in the training programs' environment.
+    env = {**os.environ, **(MALLOC_ENVIRONMENT if mode.endswith("+heap") else {})}
     result = subprocess.run(
-        [sys.executable, __file__, "--measure", kind, mode, str(data), str(cache)],
-        capture_output=True, text=True,
+        [sys.executable, __file__, "--measure", kind, mode.removesuffix("+heap"), str(data), str(cache)],
+        capture_output=True, text=True, env=env,
     )
     if result.returncode != 0:
         raise RuntimeError(f"measurement {kind}/{mode} failed:\n{result.stderr[-3000:]}")
@@ -125,6 +147,7 @@ def main() -> None:
     parser.add_argument("--work_dir", default="/tmp/hf_music_w2v_bench_data", help="rendered data and caches")
     parser.add_argument("--notes_per_instrument", type=int, default=24, help="mini-NSynth size before growing")
     parser.add_argument("--musicnet_seconds", type=float, default=60.0, help="seconds per mini-MusicNet score")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements of each mode (median reported)")
     parser.add_argument("--measure", nargs=4, metavar=("KIND", "MODE", "DATA", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -145,16 +168,22 @@ def main() -> None:
         for kind, data in (("musicnet", work / f"musicnet_x{factor}"), ("nsynth", work / f"nsynth_x{factor}")):
             cache = work / f"cache_{kind}_x{factor}"
             shutil.rmtree(cache, ignore_errors=True)
-            for mode in ("baseline", "ours"):
-                result = run_measurement(kind, mode, data, cache)
-                results.append({**result, "factor": factor})
-    print(f"{'data':<10}{'size':>6}{'mode':>10}{'throughput':>22}{'peak RSS':>12}{'vs baseline':>13}")
+            modes = ("baseline", "ours") + (("ours-iter64", "ours-iter64+heap", "ours-collate64", "ours-collate64+heap")
+                                            if kind == "nsynth" else ())
+            runs = {mode: [] for mode in modes}
+            for _ in range(args.repeats):  # modes alternate, so the machine's drift and the page cache hit all alike
+                for mode in modes:
+                    runs[mode].append(run_measurement(kind, mode, data, cache))
+            for mode, measured in runs.items():
+                median = sorted(measured, key=lambda r: r["rate"])[len(measured) // 2]
+                results.append({**median, "mode": mode, "factor": factor})
+    print(f"{'data':<10}{'size':>6}{'mode':>21}{'throughput':>22}{'peak RSS':>12}{'vs baseline':>13}")
     for result in results:
         unit = "s audio/s" if result["kind"] == "musicnet" else "clips/s"
         baseline = next(r for r in results if (r["kind"], r["factor"], r["mode"]) ==
                         (result["kind"], result["factor"], "baseline"))
         realtime = f" ({result['rate']:.0f}x rt)" if result["kind"] == "musicnet" else ""
-        print(f"{result['kind']:<10}{'x' + str(result['factor']):>6}{result['mode']:>10}"
+        print(f"{result['kind']:<10}{'x' + str(result['factor']):>6}{result['mode']:>21}"
               f"{result['rate']:>10.0f} {unit:<9}{realtime:>0}{result['peak_rss_mb']:>10.0f} MB"
               f"{result['rate'] / baseline['rate']:>11.2f}x")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")

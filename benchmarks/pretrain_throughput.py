@@ -125,7 +125,10 @@ class Variant:
 
     def baseline_step(self) -> None:
         import numpy as np
-        from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
+        from transformers.models.wav2vec2.modeling_wav2vec2 import (
+            _compute_mask_indices,
+            _sample_negative_indices,
+        )
 
         model, config, device = self.model, self.config, self.accelerator.device
         batch, samples = self.audio.shape

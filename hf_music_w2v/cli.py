@@ -26,7 +26,7 @@ from . import demo as demo_module
 from . import probing as probing_module
 from .demo import Demo, DemoError, add_demo_arguments
 from .modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification
-from .precision import PRECISIONS
+from .precision import PRECISIONS, resolve_precision
 from .training.launch import PROGRAMS, launch
 
 logger = logging.get_logger(__name__)
@@ -61,7 +61,13 @@ def run_make_mini_datasets(args: argparse.Namespace) -> int:
 
 
 def default_batch_size(args: argparse.Namespace) -> int:
-    return args.batch_size or (16 if str(args.device).startswith("cuda") else 1)
+    """16 windows on a GPU; on a CPU the fastest measured (BENCHMARKS.md): 8 in bf16, 4 in fp32, where larger
+    batches' activations overflow the caches and every window runs slower."""
+    if args.batch_size:
+        return args.batch_size
+    if str(args.device).startswith("cuda"):
+        return 16
+    return 8 if resolve_precision(args.precision, args.device) == "bf16" else 4
 
 
 #: Model types `predict` and `embed` run: this package's classifier and the wav2vec2 checkpoints it builds on.
@@ -320,8 +326,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser, precision: str) -> 
     parser.add_argument("model", help="a folder or Hub id")
     parser.add_argument("files", nargs="+", help="audio files (any sample rate, channel count or length)")
     parser.add_argument("--batch_size", type=int, default=None,
-                        help="windows per forward pass (default 16 on a GPU, 1 on CPU, where larger batches "
-                             "overflow the caches and run slower; see BENCHMARKS.md)")
+                        help="windows per forward pass (default 16 on a GPU; on a CPU 8 in bf16 and 4 in fp32, "
+                             "the fastest measured: larger batches overflow the caches; see BENCHMARKS.md)")
     parser.add_argument("--window_seconds", type=float, default=4.0,
                         help="longer files are cut into windows of this length and averaged (default 4, as NSynth)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

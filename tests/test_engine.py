@@ -27,6 +27,30 @@ def program(name: str, args: list[str], timeout: int = 600, **extra) -> subproce
     return run_program(name, args, timeout, **extra)
 
 
+def test_auto_mixed_precision_takes_the_launchers_choice_else_native_bf16(monkeypatch):
+    from hf_music_w2v.precision import bf16_is_native
+    from hf_music_w2v.training.engine import resolve_mixed_precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    native = "bf16" if bf16_is_native("cpu") else "no"
+    assert resolve_mixed_precision("auto", use_cpu=True) == native
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # accelerate's default, not a choice
+    assert resolve_mixed_precision("auto", use_cpu=True) == native
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert resolve_mixed_precision("auto", use_cpu=True) == "fp16"
+    assert resolve_mixed_precision("no", use_cpu=True) == "no"  # an explicit flag wins
+
+
+def test_launched_runs_keep_freed_audio_buffers_unless_told_otherwise(monkeypatch):
+    from hf_music_w2v.training.launch import MALLOC_ENVIRONMENT, launch_environment
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    env = launch_environment()
+    assert env["MALLOC_MMAP_THRESHOLD_"] == MALLOC_ENVIRONMENT["MALLOC_MMAP_THRESHOLD_"]
+    assert env["MALLOC_TRIM_THRESHOLD_"] == "12345"
+
+
 def test_recipe_flags_come_first_so_the_command_line_wins():
     from hf_music_w2v.training.pretrain import parse_args
 
