@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # (see ../shared/FIELD_NOTES.md); override TORCH_SPEC to use another pair.
 TORCH_SPEC ?= torch==2.14.1 torchaudio==2.11.0
 STAMP := $(VENV)/.installed
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=20
 # Extra `hf-music-w2v demo` flags, e.g. DEMO_ARGS="--recipe paper --musicnet_dir ... --nsynth_dir ..." (README).
 DEMO_ARGS ?=
 # The demo needs nothing from the Hub; set HF_HUB_OFFLINE=0 to let --speech_model name a Hub id.

@@ -105,11 +105,11 @@ def measure(kind: str, mode: str, data: Path, cache: Path) -> dict:
         dataset = load_nsynth(data, "train", cache_dir=cache)
         seconds = sum(len(batch["audio"]) for batch in dataset.iter(batch_size=64))
     elif mode == "ours-collate64":
-        from hf_music_w2v.data import collate_notes
+        from hf_music_w2v.data.nsynth import COLLATED_COLUMNS, collate_notes
 
         load_nsynth(data, "train", cache_dir=cache)
         start = time.perf_counter()
-        dataset = load_nsynth(data, "train", cache_dir=cache)
+        dataset = load_nsynth(data, "train", cache_dir=cache).select_columns(list(COLLATED_COLUMNS))
         batches = [list(range(i, min(i + 64, len(dataset)))) for i in range(0, len(dataset), 64)]
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_notes)
         seconds = sum(len(batch["input_values"]) for batch in loader)

@@ -10,14 +10,15 @@ their updates are interleaved, so drift of the machine hits all alike and the ra
   AdamW with torch's default kernel, loss divided by the masked frames of the batch, no clipping, no compile;
 - ours: `pretraining_batch` + `pretraining_update` (keyed masks, global normalisation, clipping), fp32, transformers'
   loss, for-loop AdamW; then ours with one option each: the fast contrastive loss, fused AdamW, bf16 autocast,
-  torch.compile of the static-shape parts; and ours with all of them (`--no_compile` leaves compile out).
+  torch.compile of the static-shape parts; ours with the engine's defaults on hardware with native bf16 (fast
+  loss, fused AdamW, bf16); and ours with all four (`--no_compile` leaves compile out).
 bf16 is autocast around the update, as accelerate's mixed precision does around the forward pass.
 
 Reported per variant: median seconds per update and audio-seconds per second, the ratio against the baseline,
 MFU (model FLOPs of one update, counted by torch's FlopCounterMode on the eager fp32 model, per second, over the
 peak of this device in the variant's dtype, measured in this run with a large matmul) and peak memory (the CUDA
-allocator's peak during the variant's own updates; on CPU the whole-process RSS of a fresh process running that
-variant alone for two updates, skipped with `--no_memory`).
+allocator's peak during the variant's own updates; on CPU the peak RSS (VmHWM) of a fresh process running that
+variant alone for two updates, skipped with `--no_memory`; `--memory_only` measures that alone).
 """
 
 import argparse
@@ -36,14 +37,20 @@ SAMPLING_RATE = 16_000
 OPTIONS = ("fast_loss", "fused", "bf16", "compile")
 
 
+#: The engine's defaults where bf16 is native: `--mixed_precision auto` and `--adamw_implementation fused`.
+DEFAULTS = {"fast_loss", "fused", "bf16"}
+
+
 def variant_names(compile_: bool) -> list[str]:
     options = [o for o in OPTIONS if compile_ or o != "compile"]
-    return ["baseline", "ours"] + [f"ours+{o}" for o in options] + ["ours+all"]
+    return ["baseline", "ours"] + [f"ours+{o}" for o in options] + ["ours+defaults"] + (["ours+all"] if compile_ else [])
 
 
 def options_of(variant: str, compile_: bool) -> set[str]:
+    if variant == "ours+defaults":
+        return set(DEFAULTS)
     if variant == "ours+all":
-        return {o for o in OPTIONS if compile_ or o != "compile"}
+        return set(OPTIONS)
     return {variant.split("+", 1)[1]} if "+" in variant else set()
 
 
@@ -170,6 +177,15 @@ def model_flops_per_update(config, audio: torch.Tensor, device: torch.device) ->
     return float(counter.get_total_flops())
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Not getrusage's ru_maxrss: Linux carries that over exec from the forked parent,
+    so every child of a 13 GB benchmark process reported 13 GB; /proc's VmHWM belongs to this process's memory."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_of(variant: str, args) -> float:
     """Peak RSS (MB) of a fresh process that builds `variant` alone and runs two updates of it."""
     command = [sys.executable, __file__, "--config", args.config, "--batch_size", str(args.batch_size),
@@ -190,6 +206,7 @@ def main() -> None:
     parser.add_argument("--no_compile", dest="compile", action="store_false", help="leave torch.compile out")
     parser.add_argument("--no_memory", dest="memory", action="store_false",
                         help="CPU: skip the per-variant fresh processes that measure peak RSS")
+    parser.add_argument("--memory_only", action="store_true", help="CPU: only the per-variant peak RSS")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--memory_of", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -206,7 +223,11 @@ def main() -> None:
         variant = Variant(args.memory_of, config, audio, accelerator, args.compile)
         variant.step(0)
         variant.step(1)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        print(peak_rss_mb())
+        return
+    if args.memory_only:
+        for name in variant_names(args.compile):
+            print(f"{name:<16}{memory_of(name, args):>9.0f} MB peak RSS")
         return
 
     names = variant_names(args.compile)

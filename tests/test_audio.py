@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from hf_music_w2v.audio import resample, resample_blocks, resampled_length, window_starts, windows_of_stream
 from hf_music_w2v.data.validation import DataError, read_audio, read_audio_blocks
@@ -40,3 +41,34 @@ def test_blocks_of_a_file_are_the_file_and_a_bad_block_names_it(tmp_path):
     sf.write(tmp_path / "a.wav", audio, 16_000, subtype="FLOAT")
     with pytest.raises(DataError, match="a.wav: contains NaN or infinite samples"):
         list(read_audio_blocks(tmp_path / "a.wav", block_frames=3_000))
+
+
+def test_normalize_audio_matches_the_feature_extractor_in_place_or_not():
+    from transformers import Wav2Vec2FeatureExtractor
+
+    from hf_music_w2v.audio import normalize_audio
+
+    audio = torch.randn(3, 16_000, generator=torch.Generator().manual_seed(0)) * 0.3 + 0.1
+    extractor = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False)
+    expected = extractor(list(audio.numpy()), sampling_rate=16_000, return_tensors="pt").input_values
+    copy = audio.clone()
+    torch.testing.assert_close(normalize_audio(audio), expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(audio, copy)  # not in place: the input is untouched
+    torch.testing.assert_close(normalize_audio(copy, in_place=True), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(copy, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_collate_notes_cuts_pads_and_normalises_each_note():
+    from hf_music_w2v.audio import NOTE_SAMPLES, normalize_audio
+    from hf_music_w2v.data.nsynth import collate_notes
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=NOTE_SAMPLES + 100).astype(np.float32), rng.normal(size=1000).astype(np.float32)]
+    batch = collate_notes([{"audio": {"array": a}, "pitch": p, "instrument_family": f}
+                           for a, p, f in zip(arrays, (60, 72), (3, 8))])
+    assert batch["input_values"].shape == (2, NOTE_SAMPLES)
+    padded = np.zeros(NOTE_SAMPLES, dtype=np.float32)
+    padded[:1000] = arrays[1]
+    expected = normalize_audio(torch.from_numpy(np.stack([arrays[0][:NOTE_SAMPLES], padded])))
+    torch.testing.assert_close(batch["input_values"], expected)
+    assert batch["pitch_labels"].tolist() == [60, 72] and batch["instrument_labels"].tolist() == [3, 8]

@@ -12,15 +12,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import Wav2Vec2ForPreTraining
 
+from hf_music_w2v.training.arguments import RunArguments
 from hf_music_w2v.training.checkpoints import list_checkpoints
 from hf_music_w2v.training.engine import (
     NonFiniteGuard,
-    build_optimizer,
     TrainingDiverged,
     UpdateBatchSampler,
+    build_optimizer,
     seeded_generator,
 )
-from hf_music_w2v.training.arguments import RunArguments
 from hf_music_w2v.training.pretrain import (
     compile_static_parts,
     contrastive_loss,

@@ -236,6 +236,10 @@ def load_hub_copy(path_or_hub_id: str, split: str) -> Dataset:
     return dataset
 
 
+#: The columns `collate_notes` reads: select them before batching and the other metadata is never converted.
+COLLATED_COLUMNS = ("audio", "pitch", "instrument_family")
+
+
 def collate_notes(rows: list[dict]) -> dict:
     """NSynth rows (decoded audio) -> model inputs: normalised 4 s waveforms and both label kinds.
 

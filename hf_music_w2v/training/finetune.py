@@ -27,7 +27,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from ..atomic import atomic_path, write_text_atomic
 from ..configuration_music_wav2vec2 import MusicWav2Vec2Config
-from ..data.nsynth import collate_notes
+from ..data.nsynth import COLLATED_COLUMNS, collate_notes
 from ..export import export_widget_models
 from ..fingerprints import fingerprint_matches, notes_digest, weights_digest
 from ..hub import (
@@ -323,7 +323,8 @@ class FinetuneTask(TrainingTask):
         accelerator.print(", ".join(f"{name} {len(notes)} notes" for name, notes in self.splits.items()))
 
     def prepare_data(self, accelerator) -> None:
-        self.sources, self.collate = dict(self.splits), collate_notes
+        self.sources = {name: notes.select_columns(list(COLLATED_COLUMNS)) for name, notes in self.splits.items()}
+        self.collate = collate_notes
         self.feature_seconds = 0.0
         if self.probe and not self.args.no_feature_cache:
             self.cache_features(accelerator)
