@@ -124,6 +124,11 @@ def normalize_audio(audio, in_place: bool = False):
     same values to fp32 rounding as `(x - mean) / sqrt(var + 1e-7)` over the whole batch, 5x faster on a batch of
     4 s notes (each row stays in the cache; no batch-sized temporaries). `in_place` overwrites `audio`.
     """
+    if audio.requires_grad:  # in-place row updates would break autograd: the batch formula instead
+        centred = audio - audio.mean(dim=-1, keepdim=True)
+        return centred * ((centred * centred).mean(dim=-1, keepdim=True) + 1e-7).rsqrt()
+    if in_place and not audio.is_contiguous():
+        raise ValueError("normalize_audio(in_place=True) needs a contiguous tensor (its rows are written in place)")
     output = audio if in_place else audio.new_empty(audio.shape)
     samples = audio.shape[-1]
     for source, row in zip(audio.reshape(-1, samples), output.reshape(-1, samples)):

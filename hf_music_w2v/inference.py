@@ -73,11 +73,15 @@ class FileResult:
 
 
 class AudioRunner:
-    """Runs `model` on the windows of many files in batches; `outputs_fn(model output) -> {name: [batch, dim]}`."""
+    """Runs `model` on the windows of many files in batches; `outputs_fn(model output) -> {name: [batch, dim]}`.
+
+    `precision`: "fp32" (the default), "bf16" (autocast) or "auto" (bf16 where the device has it natively, as
+    `predict` does by default).
+    """
 
     def __init__(self, model, feature_extractor, outputs_fn, batch_size: int = 16,
                  window_seconds: float = DEFAULT_WINDOW_SECONDS, device: str | torch.device = "cpu",
-                 precision: str = "auto"):
+                 precision: str = "fp32"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.to(device).eval()

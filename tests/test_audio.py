@@ -56,6 +56,10 @@ def test_normalize_audio_matches_the_feature_extractor_in_place_or_not():
     assert torch.equal(audio, copy)  # not in place: the input is untouched
     torch.testing.assert_close(normalize_audio(copy, in_place=True), expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(copy, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="contiguous"):  # rows written to a reshaped copy would be lost
+        normalize_audio(audio.t(), in_place=True)
+    weights = audio.clone().requires_grad_()
+    torch.testing.assert_close(normalize_audio(weights), expected, rtol=1e-4, atol=1e-5)  # autograd-safe path
 
 
 def test_collate_notes_cuts_pads_and_normalises_each_note():

@@ -4,7 +4,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 from datasets import ClassLabel, Dataset, Features, Sequence, Value, load_dataset, load_from_disk
 from tqdm.auto import tqdm
 

@@ -147,11 +147,15 @@ def check_launch(accelerator) -> None:
 
 
 def resolve_mixed_precision(requested: str, use_cpu: bool) -> str:
-    """`--mixed_precision auto`: the launcher's fp16 or bf16 if it set one, else bf16 where native, else no."""
+    """`--mixed_precision auto`: the launcher's fp16, bf16 or fp8 if it set one, else bf16 where native, else no.
+
+    The launcher's "no" does not count (it is accelerate's default, and what `hf-music-w2v pretrain` passes);
+    `--mixed_precision no` asks for fp32.
+    """
     if requested != "auto":
         return requested
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if launcher in ("fp16", "bf16"):
+    if launcher in ("fp16", "bf16", "fp8"):
         return launcher
     device = torch.device("cuda" if torch.cuda.is_available() and not use_cpu else "cpu")
     return "bf16" if bf16_is_native(device) else "no"
@@ -267,8 +271,10 @@ def train(task: TrainingTask) -> int:
     model = task.build_model()
     report_to = [] if run.report_to == "none" else run.report_to
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+    # Recorded resolved in run_settings.json, so a resume where "auto" means something else is refused, not mixed.
+    run.mixed_precision = resolve_mixed_precision(run.mixed_precision, use_cpu)
     accelerator = Accelerator(
-        mixed_precision=resolve_mixed_precision(run.mixed_precision, use_cpu),
+        mixed_precision=run.mixed_precision,
         log_with=report_to or None,
         project_config=ProjectConfiguration(project_dir=str(layout.root), logging_dir=str(layout.logs)),
         # layerdrop skips whole layers, whose parameters then get no gradient; DDP must be told to expect that.
@@ -417,4 +423,5 @@ def train(task: TrainingTask) -> int:
 
 
 __all__ = ["NonFiniteGuard", "TrainingDiverged", "TrainingTask", "UpdateBatchSampler", "UpdateResult",
-           "build_optimizer", "check_launch", "resolve_mixed_precision", "no_sync_unless_last", "run_summary", "seeded_generator", "step_if_finite", "train"]
+           "build_optimizer", "check_launch", "no_sync_unless_last", "resolve_mixed_precision",
+           "run_summary", "seeded_generator", "step_if_finite", "train"]

@@ -130,9 +130,10 @@ class RunLayout:
                 shutil.rmtree(path, ignore_errors=True)
             self.results.unlink(missing_ok=True)
         elif has_state or previous is not None:
+            # A setting the previous file lacks was added to the programs after that run began: not compared.
             changed = sorted(
-                f"{name} {(previous or {}).get(name)!r} -> {value!r}" for name, value in settings.items()
-                if name not in operational and (previous or {}).get(name) != value
+                f"{name} {previous.get(name)!r} -> {value!r}" for name, value in settings.items()
+                if name not in operational and name in previous and previous[name] != value
             ) if previous is not None else ["(no run_settings.json: made by another program or version)"]
             if not resuming:
                 raise OutputDirTaken(
