@@ -94,25 +94,21 @@ def measure(kind: str, mode: str, data: Path, cache: Path) -> dict:
                 audio, _ = sf.read(wav, start=begin, frames=20 * 44100, dtype="float32")
                 window = torchaudio.functional.resample(torch.from_numpy(audio), 44100, 16000)
                 seconds += window.numel() / 16000
-    elif mode == "ours":
-        load_nsynth(data, "train", cache_dir=cache)
-        start = time.perf_counter()
-        dataset = load_nsynth(data, "train", cache_dir=cache)
-        seconds = sum(1 for row in dataset if row["audio"]["array"].size)
-    elif mode == "ours-iter64":
-        load_nsynth(data, "train", cache_dir=cache)
-        start = time.perf_counter()
-        dataset = load_nsynth(data, "train", cache_dir=cache)
-        seconds = sum(len(batch["audio"]) for batch in dataset.iter(batch_size=64))
-    elif mode == "ours-collate64":
+    elif mode.startswith("ours"):
         from hf_music_w2v.data.nsynth import COLLATED_COLUMNS, collate_notes
 
-        load_nsynth(data, "train", cache_dir=cache)
+        load_nsynth(data, "train", cache_dir=cache)  # first pass: validate + cache
         start = time.perf_counter()
-        dataset = load_nsynth(data, "train", cache_dir=cache).select_columns(list(COLLATED_COLUMNS))
-        batches = [list(range(i, min(i + 64, len(dataset)))) for i in range(0, len(dataset), 64)]
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_notes)
-        seconds = sum(len(batch["input_values"]) for batch in loader)
+        dataset = load_nsynth(data, "train", cache_dir=cache)
+        if mode == "ours":
+            seconds = sum(1 for row in dataset if row["audio"]["array"].size)
+        elif mode == "ours-iter64":
+            seconds = sum(len(batch["audio"]) for batch in dataset.iter(batch_size=64))
+        else:  # ours-collate64: fine-tuning's path
+            dataset = dataset.select_columns(list(COLLATED_COLUMNS))
+            batches = [list(range(i, min(i + 64, len(dataset)))) for i in range(0, len(dataset), 64)]
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_notes)
+            seconds = sum(len(batch["input_values"]) for batch in loader)
     else:
         start = time.perf_counter()
         split = data / "nsynth-train"
