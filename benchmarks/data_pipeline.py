@@ -6,7 +6,7 @@ Renders mini datasets once, grows them by copying files (x1 and x4), then measur
 - MusicNet windows (20 s, 10 s hop, 16 kHz): seconds of audio delivered per second of wall time;
 - NSynth notes: clips per second, row by row, in batches of 64 (`.iter(batch_size=64)`), and through fine-tuning's
   path (a DataLoader of batches of 64 with `collate_notes`, which also stacks and normalises: model inputs), each
-  also with "+heap": in the training programs' environment, where glibc keeps freed audio buffers;
+  also with "+heap": after `keep_freed_memory()`, as the training runs do (glibc keeps freed audio buffers);
 for ours (after the first, caching pass) and for the baseline (soundfile read of the item's span + torchaudio
 resample per item, no cache), plus each process's peak RSS. Each mode is measured `--repeats` times, the modes
 alternating; the median is reported, with ratios against the baseline of the same run.
@@ -15,8 +15,6 @@ alternating; the median is reported, with ratios against the baseline of the sam
 import argparse
 import csv
 import json
-import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,6 +24,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 import torchaudio.functional
+from peak_memory import peak_rss_mb
 
 
 def grow_musicnet(source: Path, target: Path, factor: int) -> None:
@@ -68,15 +67,15 @@ def grow_nsynth(source: Path, target: Path, factor: int) -> None:
     (target / "examples.json").write_text(json.dumps(grown))
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def measure(kind: str, mode: str, data: Path, cache: Path) -> dict:
     """One measurement, run inside its own process so peak RSS belongs to it alone."""
+    from hf_music_w2v.allocator import keep_freed_memory
     from hf_music_w2v.data import load_musicnet, load_nsynth
 
     torch.set_num_threads(1)
+    if mode.endswith("+heap"):  # as the training runs do
+        keep_freed_memory()
+        mode = mode.removesuffix("+heap")
     if kind == "musicnet" and mode == "ours":
         load_musicnet(data, "train", cache_dir=cache)  # first pass: decode + resample + cache
         start = time.perf_counter()
@@ -125,14 +124,8 @@ def measure(kind: str, mode: str, data: Path, cache: Path) -> dict:
 
 
 def run_measurement(kind: str, mode: str, data: Path, cache: Path) -> dict:
-    from hf_music_w2v.training.launch import MALLOC_ENVIRONMENT
-
-    # "+heap": glibc keeps freed audio buffers, as in the training programs' environment.
-    env = {**os.environ, **(MALLOC_ENVIRONMENT if mode.endswith("+heap") else {})}
-    result = subprocess.run(
-        [sys.executable, __file__, "--measure", kind, mode.removesuffix("+heap"), str(data), str(cache)],
-        capture_output=True, text=True, env=env,
-    )
+    result = subprocess.run([sys.executable, __file__, "--measure", kind, mode, str(data), str(cache)],
+                            capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"measurement {kind}/{mode} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

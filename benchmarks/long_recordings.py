@@ -3,14 +3,15 @@
     .venv/bin/python benchmarks/long_recordings.py --hours 3 --predict_hours 1
 
 Writes a MusicNet folder with one synthetic recording of `--hours` (44.1 kHz, 32-bit float, as MusicNet) and a
-`--predict_hours` stereo 44.1 kHz file, then measures, each in a fresh process (its own peak RSS, from
-getrusage): building the cached index (decoding and resampling the recording), reading every window of it,
-the streaming mode, and `hf-music-w2v predict` on the long file. The baseline decodes and resamples the whole
-recording at once, as the loader did before it read in blocks.
+`--predict_hours` stereo 44.1 kHz file, then measures, each in a fresh process (its own peak RSS, VmHWM):
+building the cached index (decoding and resampling the recording), reading every window of it, the streaming mode,
+and `hf-music-w2v predict` on the long file. The baseline decodes and resamples the whole recording at once, as
+the loader did before it read in blocks.
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+from peak_memory import peak_rss_mb
 mode, root, cache = sys.argv[1], sys.argv[2], sys.argv[3]
 start = time.perf_counter()
 if mode == "baseline":
@@ -35,7 +37,7 @@ elif mode in ("cached", "streaming"):
 else:
     from hf_music_w2v.cli import main
     count = main(["predict", root, sys.argv[4], "--json"])
-print(json.dumps({"mode": mode, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"mode": mode, "peak_rss_mib": peak_rss_mb(),
                   "seconds": time.perf_counter() - start, "count": count}))
 """
 
@@ -53,8 +55,10 @@ def write_long_wav(path: Path, seconds: float, rate: int, channels: int, subtype
 
 
 def measure(mode: str, root: Path, cache: Path, extra: str = "") -> dict:
+    here = str(Path(__file__).resolve().parent)  # for peak_memory
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-c", CHILD, mode, str(root), str(cache), extra], capture_output=True,
-                            text=True, check=True)
+                            text=True, check=True, env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -23,7 +23,6 @@ variant alone for two updates, skipped with `--no_memory`; `--memory_only` measu
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from peak_memory import peak_rss_mb
 
 SAMPLING_RATE = 16_000
 OPTIONS = ("fast_loss", "fused", "bf16", "compile")
@@ -175,15 +175,6 @@ def model_flops_per_update(config, audio: torch.Tensor, device: torch.device) ->
     with counter:
         variant.step(10_000)
     return float(counter.get_total_flops())
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS. Not getrusage's ru_maxrss: Linux carries that over exec from the forked parent,
-    so every child of a 13 GB benchmark process reported 13 GB; /proc's VmHWM belongs to this process's memory."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def memory_of(variant: str, args) -> float:

@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 
 from hf_music_w2v.audio import resample, resample_blocks, resampled_length, window_starts, windows_of_stream
-from hf_music_w2v.data.validation import DataError, read_audio, read_audio_blocks
+from hf_music_w2v.data.validation import DataError, read_audio, read_audio_blocks, read_float32
 
 
 @pytest.mark.parametrize(("length", "rate", "block"), [(441_017, 44_100, 50_000), (100_000, 22_050, 7_777),
@@ -41,6 +41,24 @@ def test_blocks_of_a_file_are_the_file_and_a_bad_block_names_it(tmp_path):
     sf.write(tmp_path / "a.wav", audio, 16_000, subtype="FLOAT")
     with pytest.raises(DataError, match="a.wav: contains NaN or infinite samples"):
         list(read_audio_blocks(tmp_path / "a.wav", block_frames=3_000))
+
+
+@pytest.mark.parametrize("container, subtype", [
+    ("WAV", "PCM_U8"), ("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"), ("WAV", "FLOAT"),
+    ("FLAC", "PCM_S8"), ("FLAC", "PCM_16"), ("FLAC", "PCM_24"), ("AIFF", "PCM_16"),
+])
+def test_integer_pcm_read_as_integers_gives_libsndfiles_floats_bit_for_bit(tmp_path, container, subtype):
+    rng = np.random.default_rng(0)
+    audio = rng.uniform(-1, 1, size=(5000, 2))
+    audio[:2] = [[-1.0, 1.0], [0.0, -0.5]]  # full scale both ways, and zero
+    path = tmp_path / f"note.{container.lower()}"
+    sf.write(path, audio, 16000, format=container, subtype=subtype)
+    expected = sf.read(path, dtype="float32", always_2d=True)[0]
+    with sf.SoundFile(path) as file:
+        head, rest = read_float32(file, 1234), read_float32(file)
+    read = np.concatenate([head, rest])
+    assert read.dtype == np.float32 and read.shape == expected.shape
+    np.testing.assert_array_equal(read.view(np.int32), expected.view(np.int32))
 
 
 def test_normalize_audio_matches_the_feature_extractor_in_place_or_not():

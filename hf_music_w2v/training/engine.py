@@ -28,6 +28,7 @@ from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from ..allocator import keep_freed_memory
 from ..precision import bf16_is_native
 from .arguments import OPERATIONAL, RunArguments
 from .checkpoints import TrainerState, params_finite, reset_metrics_log, restore_checkpoint, save_checkpoint
@@ -265,6 +266,7 @@ def train(task: TrainingTask) -> int:
     """Run `task` from start (or its checkpoint) to its results; returns the exit status."""
     run = task.run
     layout = RunLayout(run.output_dir)
+    keep_freed_memory()  # batches of audio buffers are reused, not page-faulted in afresh (allocator.py)
 
     # Model first, right after the seed: the initial weights are the same on every process and every resume.
     torch.manual_seed(run.seed)

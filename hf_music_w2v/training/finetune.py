@@ -344,8 +344,7 @@ class FinetuneTask(TrainingTask):
                 accelerator.print(f"{path} was made from other weights, notes or settings: computing it again")
             if not feature_cache_matches(path, fingerprint):
                 with accelerator.autocast():
-                    loader = self.eval_loader(accelerator, notes.select_columns(list(COLLATED_COLUMNS)),
-                                              collate_notes)
+                    loader = self.eval_loader(accelerator, self.sources[name], collate_notes)
                     predicted = predict_loader(accelerator, self.model, loader, keep_pooled=True)
                 if accelerator.is_main_process:
                     save_feature_cache(path, {"features": torch.from_numpy(predicted["pooled_output"]),

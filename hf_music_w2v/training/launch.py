@@ -40,20 +40,11 @@ def launch_command(program: str, program_args: list[str], accelerate_config: str
     return command + ["-m", PROGRAMS[program], *program_args]
 
 
-#: glibc settings that keep freed audio buffers in the process: a batch of 4 s clips is 64 arrays of 256 KB, which
-#: glibc otherwise maps fresh from the kernel and returns on every batch, so each clip's read page-faults anew (the
-#: NSynth loader's per-row cost in batched access; BENCHMARKS.md). Set for the runs unless the caller set them.
-MALLOC_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
-
-
 def launch_environment() -> dict[str, str]:
-    """The runs' environment: on a machine without GPUs, multi-process launches must use the CPU backend; audio
-    buffers stay in the process (`MALLOC_ENVIRONMENT`)."""
+    """The runs' environment: on a machine without GPUs, multi-process launches must use the CPU backend."""
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env.setdefault("ACCELERATE_USE_CPU", "true")
-    for name, value in MALLOC_ENVIRONMENT.items():
-        env.setdefault(name, value)
     return env
 
 
@@ -82,4 +73,4 @@ def launch(program: str, argv: list[str]) -> int:
     os.execvpe(command[0], command, launch_environment())
 
 
-__all__ = ["MALLOC_ENVIRONMENT", "PROGRAMS", "launch", "launch_command", "launch_environment"]
+__all__ = ["PROGRAMS", "launch", "launch_command", "launch_environment"]
