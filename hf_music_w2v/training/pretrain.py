@@ -148,7 +148,7 @@ def contrastive_loss(projected_states: torch.Tensor, projected_quantized_states:
         rows, frames = masked // num_frames, masked % num_frames
         negatives = sampled_negative_indices.reshape(batch_size * num_frames, -1)[masked]  # [masked, negative]
         local = negatives - rows[:, None] * num_frames
-        if local.numel() and (local.min() < 0 or local.max() >= num_frames):
+        if ((local < 0) | (local >= num_frames)).any():  # one device-to-host sync, not two
             raise ValueError("sampled_negative_indices must point to frames of the same example")
         logits = similarity[rows[:, None], frames[:, None], torch.cat([frames[:, None], local], dim=1)]
         with torch.no_grad():
