@@ -2,33 +2,43 @@
 
 A batch of NSynth notes is 64 arrays of 256 KB. By default glibc maps buffers that large fresh from the kernel
 (its mmap threshold) or gives the top of its heap back when they are freed (its trim threshold), so every
-batch's reads page-fault their memory in again: `.iter(batch_size=64)` ran at 0.66x of the same reads with the
+batch's reads page-fault their memory in again: `.iter(batch_size=64)` ran at about 0.7x of the same reads with the
 buffers kept (BENCHMARKS.md). The training runs call `keep_freed_memory()` when they start.
 """
 
 import ctypes
 import os
 
-#: `mallopt` parameters (glibc's malloc.h) and the values set: buffers below 64 MB come from the heap, and up to
-#: 256 MB of freed memory stays in the process.
+#: `mallopt` parameters (glibc's malloc.h) and the values set: buffers below 32 MB come from the heap (older glibc, 2.26
+#: for one, refuses a larger mmap threshold), and up to 256 MB of freed memory stays in the process.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-SETTINGS = {"MALLOC_MMAP_THRESHOLD_": (_M_MMAP_THRESHOLD, 64 << 20), "MALLOC_TRIM_THRESHOLD_": (_M_TRIM_THRESHOLD, 256 << 20)}
+SETTINGS = {"MALLOC_MMAP_THRESHOLD_": (_M_MMAP_THRESHOLD, 32 << 20), "MALLOC_TRIM_THRESHOLD_": (_M_TRIM_THRESHOLD, 256 << 20)}
+#: How the same thresholds are named in `GLIBC_TUNABLES`, glibc's other way of setting them.
+_TUNABLES = {"MALLOC_MMAP_THRESHOLD_": "glibc.malloc.mmap_threshold", "MALLOC_TRIM_THRESHOLD_": "glibc.malloc.trim_threshold"}
 
 
 def keep_freed_memory() -> list[str]:
-    """Set glibc's mmap and trim thresholds for this process and the workers it forks from now on.
+    """Set glibc's mmap and trim thresholds for this process and the processes it starts from now on.
 
-    A threshold the environment already sets (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`, read by glibc
-    at start-up) is left as it is. Returns the names of the settings made; none where the C library has no
-    `mallopt` (macOS, Windows) or refuses it.
+    A threshold the operator already set (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES`,
+    read by glibc at start-up) is left as it is. Forked workers inherit the setting; the environment variables are
+    set too, for workers started by spawn or forkserver. Returns the names of the settings made; none where the C
+    library has no `mallopt` (macOS, Windows) or refuses it.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):
         return []
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return [name for name, (parameter, value) in SETTINGS.items()
-            if name not in os.environ and mallopt(parameter, value) == 1]
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    made = []
+    for name, (parameter, value) in SETTINGS.items():
+        if name in os.environ or _TUNABLES[name] in tunables:
+            continue
+        if mallopt(parameter, value) == 1:
+            os.environ[name] = str(value)
+            made.append(name)
+    return made
 
 
 __all__ = ["SETTINGS", "keep_freed_memory"]

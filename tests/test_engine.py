@@ -42,10 +42,13 @@ def test_auto_mixed_precision_takes_the_launchers_choice_else_native_bf16(monkey
 
 
 BATCH_FAULTS = r"""
-import json, resource, sys
+import json, os, resource, subprocess, sys
 import numpy as np
 from hf_music_w2v.allocator import keep_freed_memory
-made = keep_freed_memory() if sys.argv[1] == "keep" else []
+made = keep_freed_memory() if sys.argv[1] != "default" else []
+if sys.argv[1] == "keep-then-start":  # a process started afterwards, as spawned DataLoader workers are
+    print(subprocess.run([sys.executable, "-c", sys.argv[2], "default"], capture_output=True, text=True).stdout)
+    sys.exit()
 def batch():  # a batch of 64 NSynth notes' buffers, written and freed
     return [np.ones(64_000, np.float32) for _ in range(64)]
 batch()
@@ -59,16 +62,37 @@ print(json.dumps({"made": made, "page_faults": resource.getrusage(resource.RUSAG
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_runs_reuse_freed_audio_buffers_instead_of_page_faulting_them_in_again():
     def batches(mode, **env):
-        result = subprocess.run([sys.executable, "-c", BATCH_FAULTS, mode], capture_output=True, text=True,
-                                check=True, env={**os.environ, **env})
+        environment = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
+        result = subprocess.run([sys.executable, "-c", BATCH_FAULTS, mode, BATCH_FAULTS], capture_output=True,
+                                text=True, check=True, env={**environment, **env})
         return json.loads(result.stdout)
 
     default, kept = batches("default"), batches("keep")
     assert kept["made"] == ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
     assert default["page_faults"] > 10 * 64 * 16  # each 256 KB buffer's pages, every batch
     assert kept["page_faults"] < default["page_faults"] / 20
-    told = batches("keep", MALLOC_TRIM_THRESHOLD_="0")  # the operator's own setting is left alone
-    assert told["made"] == ["MALLOC_MMAP_THRESHOLD_"] and told["page_faults"] > default["page_faults"] / 2
+    assert batches("keep-then-start")["page_faults"] < default["page_faults"] / 20
+    for told in ({"MALLOC_TRIM_THRESHOLD_": "0"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}):
+        left_alone = batches("keep", **told)  # the operator's own setting stays
+        assert left_alone["made"] == ["MALLOC_MMAP_THRESHOLD_"]
+        assert left_alone["page_faults"] > default["page_faults"] / 2
+
+
+def test_every_run_sets_the_allocator_before_it_builds_anything(monkeypatch, tmp_path):
+    from hf_music_w2v.training import engine
+    from hf_music_w2v.training.arguments import RunArguments
+
+    calls = []
+    monkeypatch.setattr(engine, "keep_freed_memory", lambda: calls.append("allocator"))
+
+    class Task(engine.TrainingTask):
+        def build_model(self):
+            calls.append("model")
+            raise KeyboardInterrupt  # enough: the run has started
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(Task(None, RunArguments(output_dir=str(tmp_path / "run")), []))
+    assert calls == ["allocator", "model"]
 
 
 def test_recipe_flags_come_first_so_the_command_line_wins():
