@@ -9,12 +9,13 @@ buffers kept (BENCHMARKS.md). The training runs call `keep_freed_memory()` when 
 import ctypes
 import os
 
-#: `mallopt` parameters (glibc's malloc.h) and the values set: buffers below 32 MB come from the heap (older glibc, 2.26
-#: for one, refuses a larger mmap threshold), and up to 256 MB of freed memory stays in the process.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-SETTINGS = {"MALLOC_MMAP_THRESHOLD_": (_M_MMAP_THRESHOLD, 32 << 20), "MALLOC_TRIM_THRESHOLD_": (_M_TRIM_THRESHOLD, 256 << 20)}
-#: How the same thresholds are named in `GLIBC_TUNABLES`, glibc's other way of setting them.
-_TUNABLES = {"MALLOC_MMAP_THRESHOLD_": "glibc.malloc.mmap_threshold", "MALLOC_TRIM_THRESHOLD_": "glibc.malloc.trim_threshold"}
+#: The thresholds set: the environment variable and `GLIBC_TUNABLES` name by which an operator sets each at start-up,
+#: its `mallopt` parameter (glibc's malloc.h) and the value set here. Buffers below 32 MB come from the heap (older
+#: glibc, 2.26 for one, refuses a larger mmap threshold), and up to 256 MB of freed memory stays in the process.
+THRESHOLDS = (
+    ("MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold", -3, 32 << 20),
+    ("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold", -1, 256 << 20),
+)
 
 
 def keep_freed_memory() -> list[str]:
@@ -32,8 +33,8 @@ def keep_freed_memory() -> list[str]:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     made = []
-    for name, (parameter, value) in SETTINGS.items():
-        if name in os.environ or _TUNABLES[name] in tunables:
+    for name, tunable, parameter, value in THRESHOLDS:
+        if name in os.environ or tunable in tunables:
             continue
         if mallopt(parameter, value) == 1:
             os.environ[name] = str(value)
@@ -41,4 +42,4 @@ def keep_freed_memory() -> list[str]:
     return made
 
 
-__all__ = ["SETTINGS", "keep_freed_memory"]
+__all__ = ["THRESHOLDS", "keep_freed_memory"]

@@ -15,11 +15,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-import soundfile as sf
 from datasets.features.features import register_feature
 
 from ..audio import SAMPLING_RATE, resample
-from .validation import DataError, read_float32, to_mono
+from .validation import DataError, open_audio, read_float32, to_mono
 
 
 @dataclass
@@ -53,11 +52,8 @@ class SoundfileAudio:
         source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
         if source is None:
             raise DataError("<audio column>", "an entry has neither bytes nor a path")
-        try:
-            with sf.SoundFile(source) as file:
-                array, rate = to_mono(read_float32(file)), file.samplerate  # a mean over one channel cost 20%
-        except (sf.LibsndfileError, RuntimeError, OSError) as error:
-            raise DataError(value.get("path") or "<audio bytes>", f"not a readable audio file ({error})") from error
+        with open_audio(source, name=value.get("path") or "<audio bytes>") as file:
+            array, rate = to_mono(read_float32(file)), file.samplerate  # a mean over one channel cost 20%
         if rate != self.sampling_rate:
             array = resample(array, rate, self.sampling_rate)
         return {"array": np.ascontiguousarray(array, dtype=np.float32), "sampling_rate": self.sampling_rate}

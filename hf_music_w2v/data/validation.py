@@ -1,6 +1,8 @@
 """Reading audio and label files with errors that name the file and what was expected."""
 
+import io
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +53,20 @@ def check_on_error(on_error: str) -> None:
 _INTEGER_READS = {"PCM_16": ("int16", 2.0**-15), "PCM_32": ("int32", 2.0**-31)}
 
 
+@contextmanager
+def open_audio(source: str | os.PathLike | io.IOBase, name: str | os.PathLike | None = None):
+    """An audio file (a path or a file object) open for reading, as a `soundfile.SoundFile`.
+
+    A failure to decode it, on opening or on any read inside the `with` block, raises `DataError` naming `name`
+    (the path by default) with libsndfile's reason.
+    """
+    try:
+        with sf.SoundFile(source) as file:
+            yield file
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        raise DataError(name or source, f"not a readable audio file ({error})") from error
+
+
 def read_float32(file: sf.SoundFile, frames: int = -1) -> np.ndarray:
     """The next `frames` of an open file (the rest by default) as float32 `[frame, channel]`.
 
@@ -84,11 +100,8 @@ def read_audio(
         raise DataError(path, "file not found")
     if path.stat().st_size == 0:
         raise DataError(path, "file is empty (0 bytes)")
-    try:
-        with sf.SoundFile(path) as file:
-            audio, sampling_rate = read_float32(file), file.samplerate
-    except (sf.LibsndfileError, RuntimeError) as error:
-        raise DataError(path, f"not a readable audio file ({error})") from error
+    with open_audio(path) as file:
+        audio, sampling_rate = read_float32(file), file.samplerate
     if audio.shape[1] != 1 and not downmix:
         raise DataError(path, f"expected mono audio, found {audio.shape[1]} channels")
     if expected_sampling_rate is not None and sampling_rate != expected_sampling_rate:
@@ -110,11 +123,8 @@ def audio_info(path: str | os.PathLike) -> tuple[int, int]:
         raise DataError(path, "file not found" if not path.is_dir() else "is a folder; expected an audio file")
     if path.stat().st_size == 0:
         raise DataError(path, "file is empty (0 bytes)")
-    try:
-        info = sf.info(path)
-    except (sf.LibsndfileError, RuntimeError) as error:
-        raise DataError(path, f"not a readable audio file ({error})") from error
-    return info.frames, info.samplerate
+    with open_audio(path) as file:
+        return file.frames, file.samplerate
 
 
 def read_audio_blocks(path: str | os.PathLike, block_frames: int = 1 << 20, downmix: bool = True):
@@ -125,14 +135,11 @@ def read_audio_blocks(path: str | os.PathLike, block_frames: int = 1 << 20, down
     """
     path = Path(path)
     audio_info(path)
-    try:
-        with sf.SoundFile(path) as file:
-            if file.channels != 1 and not downmix:
-                raise DataError(path, f"expected mono audio, found {file.channels} channels")
-            while len(block := read_float32(file, block_frames)):
-                mono = to_mono(block)
-                if not np.isfinite(mono).all():
-                    raise DataError(path, "contains NaN or infinite samples")
-                yield mono
-    except (sf.LibsndfileError, RuntimeError) as error:
-        raise DataError(path, f"not a readable audio file ({error})") from error
+    with open_audio(path) as file:
+        if file.channels != 1 and not downmix:
+            raise DataError(path, f"expected mono audio, found {file.channels} channels")
+        while len(block := read_float32(file, block_frames)):
+            mono = to_mono(block)
+            if not np.isfinite(mono).all():
+                raise DataError(path, "contains NaN or infinite samples")
+            yield mono
