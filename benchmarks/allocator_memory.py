@@ -4,11 +4,12 @@
 
 Renders a miniature NSynth (or reads `--nsynth_dir`), then runs the fine-tuning program (what `hf-music-w2v
 finetune` launches) on the demo's small model (`preset:wav2vec2-small`, batch 64 notes, fp32) in fresh processes,
-interleaved: with the run's own setting (`keep_freed_memory()`, made when `train()` starts) and with glibc's
-default thresholds, named through `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` = 128 KiB (a run leaves an
-operator's setting alone; naming them also turns off glibc's dynamic raising of the mmap threshold). Each process
-reports its own peak RSS (VmHWM), the seconds its run took and its minor page faults. A third arm adds torch's
-transparent huge pages for large CPU tensors (`THP_MEM_ALLOC_ENABLE=1`), which the runs do not use.
+interleaved, each reporting its own peak RSS (VmHWM), the seconds its run took and its minor page faults. Arms:
+- ours: the run's own setting (`keep_freed_memory()`, made when `train()` starts);
+- glibc defaults: the thresholds named through `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` = 128 KiB (a run
+  leaves an operator's setting alone; naming them also turns off glibc's dynamic raising of the mmap threshold);
+- heap < 32 MB: the setting before (buffers below 32 MB from the heap, 256 MB of freed memory kept);
+- ours + THP: with torch's transparent huge pages for large CPU tensors (`THP_MEM_ALLOC_ENABLE=1`).
 """
 
 import argparse
@@ -29,6 +30,7 @@ print("RESULT", json.dumps({"peak_rss_mib": peak_rss_mb(), "seconds": time.perf_
                   "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt}))
 """
 ARMS = {"ours": {}, "glibc defaults": {"MALLOC_MMAP_THRESHOLD_": str(128 << 10), "MALLOC_TRIM_THRESHOLD_": str(128 << 10)},
+        "heap < 32 MB": {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)},
         "ours + THP": {"THP_MEM_ALLOC_ENABLE": "1"}}
 
 
