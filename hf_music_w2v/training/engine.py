@@ -266,7 +266,7 @@ def train(task: TrainingTask) -> int:
     """Run `task` from start (or its checkpoint) to its results; returns the exit status."""
     run = task.run
     layout = RunLayout(run.output_dir)
-    keep_freed_memory()  # batches of audio buffers are reused, not page-faulted in afresh (allocator.py)
+    keep_freed_memory()  # audio buffers and activations are reused, not page-faulted in afresh (allocator.py)
 
     # Model first, right after the seed: the initial weights are the same on every process and every resume.
     torch.manual_seed(run.seed)
