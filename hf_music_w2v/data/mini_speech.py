@@ -8,12 +8,15 @@ read sentences taken from the Python documentation that ships with every CPython
 The folder follows LibriSpeech's layout: `<speaker>/<chapter>/<speaker>-<chapter>-<utterance>.flac` (16 kHz
 mono) with a `<speaker>-<chapter>.trans.txt` transcript per chapter. The synthesizer is libespeak-ng with
 its voice data from the `espeakng-loader` wheel (the `mini` extra), driven through ctypes; nothing is
-downloaded at run time. The same seed gives the same texts, voices, speaking rates and pitches; the samples
-themselves vary slightly from one rendering to the next (by a few hundred samples per utterance here),
-because eSpeak NG's synthesis is not deterministic even with `espeak_ng_SetRandSeed` and `srand` fixed.
+downloaded at run time. The same seed gives the same corpus bit for bit. eSpeak NG varies its output in two
+ways, both handled here: it seeds its noise from the clock unless `espeak_ng_SetRandSeed` is called (done
+before every utterance), and an utterance depends on what the library spoke before it in the same process
+(`espeak_Terminate` does not reset that), so every rendering runs in a fresh process of its own.
 """
 
+import concurrent.futures
 import ctypes
+import multiprocessing
 import os
 import re
 from dataclasses import dataclass
@@ -114,35 +117,51 @@ def documentation_sentences() -> list[str]:
     return sorted(found)
 
 
+def render_utterances(seed: int, seconds_per_speaker: float, speakers: tuple[Speaker, ...]
+                      ) -> list[list[tuple[str, np.ndarray]]]:
+    """Per speaker, (text, 16 kHz float32 audio with its pause) of each utterance, until `seconds_per_speaker`.
+
+    Run it in a fresh process (`make_mini_speech` does): eSpeak NG's output depends on what it spoke before."""
+    rng = np.random.default_rng(seed)
+    sentences = documentation_sentences()
+    synthesizer = SpeechSynthesizer.shared()
+    corpus = []
+    for number, speaker in enumerate(tqdm(speakers, desc="mini-speech", unit="speaker")):
+        utterances, spoken = [], 0.0
+        while spoken < seconds_per_speaker:
+            text = " ".join(sentences[i] for i in rng.choice(len(sentences), SENTENCES_PER_UTTERANCE, replace=False))
+            rate = int(speaker.words_per_minute * rng.uniform(0.9, 1.1))
+            pitch = int(np.clip(speaker.pitch * rng.uniform(0.9, 1.1), 0, 100))
+            synthesizer.lib.espeak_ng_SetRandSeed(ctypes.c_long(int(rng.integers(2**31))))
+            audio = resample(synthesizer.speak(text, speaker, rate, pitch), synthesizer.sampling_rate, SAMPLING_RATE)
+            audio = np.concatenate([audio, np.zeros(round(PAUSE_SECONDS * SAMPLING_RATE), np.float32)])
+            utterances.append((text, audio))
+            spoken += len(audio) / SAMPLING_RATE
+        corpus.append(utterances)
+    return corpus
+
+
 def make_mini_speech(out_dir: str | os.PathLike, seed: int = 0, seconds_per_speaker: float = 30.0,
                      speakers: tuple[Speaker, ...] = MINI_SPEAKERS) -> Path:
     """Render the corpus into `out_dir` (published whole, atomically); returns `out_dir`.
 
     Each speaker reads utterances of two sentences (speaking rate and pitch jittered by up to 10% per
-    utterance) until they add up to `seconds_per_speaker`.
+    utterance) until they add up to `seconds_per_speaker`. The synthesis runs in a fresh process, so the
+    corpus is the same bit for bit whatever this process spoke before.
     """
-    rng = np.random.default_rng(seed)
-    sentences = documentation_sentences()
-    synthesizer = SpeechSynthesizer.shared()
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        corpus = pool.submit(render_utterances, seed, seconds_per_speaker, speakers).result()
     with staged_directory(out_dir) as staging:
-        for number, speaker in enumerate(tqdm(speakers, desc="mini-speech", unit="speaker")):
+        for number, utterances in enumerate(corpus):
             speaker_id, chapter_id = str(100 + number), "1"
             chapter = staging / speaker_id / chapter_id
             chapter.mkdir(parents=True)
-            transcript, spoken, utterance = [], 0.0, 0
-            while spoken < seconds_per_speaker:
-                text = " ".join(sentences[i] for i in rng.choice(len(sentences), SENTENCES_PER_UTTERANCE,
-                                                                 replace=False))
-                rate = int(speaker.words_per_minute * rng.uniform(0.9, 1.1))
-                pitch = int(np.clip(speaker.pitch * rng.uniform(0.9, 1.1), 0, 100))
-                audio = resample(synthesizer.speak(text, speaker, rate, pitch), synthesizer.sampling_rate,
-                                 SAMPLING_RATE)
-                audio = np.concatenate([audio, np.zeros(round(PAUSE_SECONDS * SAMPLING_RATE), np.float32)])
+            transcript = []
+            for utterance, (text, audio) in enumerate(utterances):
                 name = f"{speaker_id}-{chapter_id}-{utterance:04d}"
                 sf.write(chapter / f"{name}.flac", audio, SAMPLING_RATE, subtype="PCM_16")
                 transcript.append(f"{name} {text.upper()}")
-                spoken += len(audio) / SAMPLING_RATE
-                utterance += 1
             (chapter / f"{speaker_id}-{chapter_id}.trans.txt").write_text("\n".join(transcript) + "\n")
     return Path(out_dir)
 
