@@ -48,14 +48,25 @@ def replace_directory(source: Path, target: Path) -> None:
 
 
 @contextmanager
-def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary sibling of `target`; on success it replaces `target`, on error it is removed."""
+def staged_directory(target: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty temporary sibling of `target`; on success it replaces `target`, on error it is removed.
+
+    With `replace=False` a `target` that exists by then is kept and the new folder dropped: for content-keyed
+    caches, where another process may have published the same entry and may be reading it right now.
+    """
     target = Path(target).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield staging
-        replace_directory(staging, target)
+        if replace:
+            replace_directory(staging, target)
+        else:
+            try:
+                os.rename(staging, target)  # refused (EEXIST / ENOTEMPTY) when another process published first
+            except OSError:
+                if not target.is_dir():
+                    raise
     finally:
         if staging.exists():
             shutil.rmtree(staging)

@@ -244,3 +244,19 @@ def test_a_saved_copy_holds_the_audio_itself(mini_root, cache, tmp_path):
 
     undecoded = load_nsynth(mini_root / "nsynth", "valid", cache_dir=cache, decode=False)
     assert set(undecoded[0]["audio"]) == {"bytes", "path"} and undecoded[0]["audio"]["bytes"] is None
+
+
+def test_a_cache_entry_another_run_published_meanwhile_is_kept_not_replaced(tmp_path):
+    """Two runs sharing a cache build the same entry at once: the second must not pull it from under the first."""
+    from datasets import Dataset, load_from_disk
+
+    from hf_music_w2v.data.cache import publish_dataset
+
+    target = tmp_path / "cache" / "nsynth" / "key"
+    publish_dataset(Dataset.from_dict({"x": [1, 2, 3]}), target)
+    reading = load_from_disk(str(target))  # the first run, reading its memory-mapped entry
+    inode = target.stat().st_ino
+    publish_dataset(Dataset.from_dict({"x": [1, 2, 3]}), target)  # the second run publishes the same entry
+    assert target.stat().st_ino == inode
+    assert list(reading["x"]) == [1, 2, 3] and list(load_from_disk(str(target))["x"]) == [1, 2, 3]
+    assert [path.name for path in target.parent.iterdir()] == ["key"]  # no staging folder left behind

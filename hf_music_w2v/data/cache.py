@@ -44,6 +44,10 @@ def cache_key(*parts: object) -> str:
 
 
 def publish_dataset(dataset: Dataset, target: Path) -> None:
-    """`save_to_disk` into a temporary sibling, then move it to `target` in one rename."""
-    with staged_directory(target) as staging:
+    """`save_to_disk` into a temporary sibling, then move it to `target` in one rename.
+
+    A `target` published meanwhile by another process (two runs sharing a cache) is kept, not replaced: that
+    process may be reading it, and a content-keyed entry holds the same data either way.
+    """
+    with staged_directory(target, replace=False) as staging:
         dataset.save_to_disk(str(staging))
