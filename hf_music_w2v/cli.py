@@ -3,6 +3,7 @@
     hf-music-w2v demo --output_dir demo_output
     hf-music-w2v pretrain --musicnet_dir DIR --output_dir OUT [--recipe mini] [--num_processes N] [...]
     hf-music-w2v finetune --model_name_or_path MODEL --nsynth_dir DIR --output_dir OUT [...]
+    hf-music-w2v results docs/demo_results.json [--readme README.md [--check]]
     hf-music-w2v make-mini-datasets data/mini --seed 0
     hf-music-w2v predict MODEL note.wav song.flac [--top_k 3] [--json]
     hf-music-w2v embed MODEL *.wav --layer 6 --output embeddings.npz
@@ -41,6 +42,33 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: run the same command again to resume (finished stages are kept, training runs "
               f"continue from their latest checkpoint in {args.output_dir})", file=sys.stderr)
         return 130
+    return 0
+
+
+def run_results(args: argparse.Namespace) -> int:
+    from . import report
+    from .atomic import write_text_atomic
+
+    try:
+        results = report.load_results(args.results)
+        if not args.readme:
+            print(report.readme_results(results))
+            return 0
+        readme = Path(args.readme).read_text()
+        updated = report.replace_readme_results(readme, results)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.check:
+        if updated != readme:
+            print(f"error: the Results section of {args.readme} is not the one {args.results} gives; run "
+                  f"hf-music-w2v results {args.results} --readme {args.readme}", file=sys.stderr)
+            return 1
+        print(f"{args.readme}: its Results section is the one {args.results} gives")
+        return 0
+    if updated != readme:
+        write_text_atomic(Path(args.readme), updated)
+    print(f"{args.readme}: Results section generated from {args.results}")
     return 0
 
 
@@ -349,6 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_arguments(demo)
     demo.set_defaults(handler=run_demo)
 
+    results = commands.add_parser(
+        "results", help="the README's Results section, generated from a demo's results.json",
+        description="Print the Results section that a demo's results.json gives, write it into a README between "
+                    "its generated-section markers, or check that the README holds it.")
+    results.add_argument("results", help="a demo's results.json, e.g. docs/demo_results.json")
+    results.add_argument("--readme", default=None, help="write the section into this README (e.g. README.md)")
+    results.add_argument("--check", action="store_true",
+                         help="with --readme: change nothing, exit 1 when the README's section differs")
+    results.set_defaults(handler=run_results)
+
     mini = commands.add_parser(
         "make-mini-datasets",
         help="render miniature NSynth and MusicNet copies in the official layouts from real instrument samples, "
@@ -358,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "OUT_DIR/speech")
     mini.add_argument("--seed", type=int, default=0, help="chooses pitches and velocities (default 0)")
     mini.add_argument("--notes_per_instrument", type=int, default=8,
-                      help="NSynth notes per instrument, 44 instruments in all (default 8)")
+                      help="NSynth notes per instrument, 55 instruments in all (default 8)")
     mini.add_argument("--musicnet_seconds", type=float, default=30.0,
                       help="seconds of each of the 8 scores rendered for MusicNet (default 30)")
     mini.add_argument("--speech_seconds", type=float, default=30.0,

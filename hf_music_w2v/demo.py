@@ -6,15 +6,16 @@
 Stages, each training run a real `accelerate launch` of the package's programs (the recipe `--recipe` names,
 `recipes/{pretrain,finetune}-<recipe>.json`) with its log in OUT/logs/:
  1. data: render mini-MusicNet, mini-speech and mini-NSynth (skipped for datasets given by path);
- 2. pretrain: `hf-music-w2v pretrain` of the same architecture, seed and budget on MusicNet and on speech
-    (`--audio_dir`), so the two models differ in their data alone;
- 3. fine-tune: `hf-music-w2v finetune` from each pretrained model, from the same architecture with random
-    weights, and from a speech checkpoint when one is given (`--speech_model`), each with every seed and the
-    same budget;
- 4. probes: `hf-music-w2v probe` of every layer of each network (the random one is pretraining's start);
- 5. codebook: NMI between the quantizer's code ids and pitch / family, for each network;
- 6. hub: the best-on-valid music-pretrained run packaged for the Hub, with the widget models;
- 7. report: OUT/REPORT.md with its figures, paired bootstrap comparisons and OUT/results.json.
+ 2. pretrain: `hf-music-w2v pretrain` of the same architecture and budget on MusicNet and on speech
+    (`--audio_dir`), once per pretraining seed, so a music and a speech network of one seed differ in their
+    data alone;
+ 3. random init: the network each pretraining seed started from, saved (the random arm);
+ 4. fine-tune: `hf-music-w2v finetune` from every network (and from a speech checkpoint when one is given,
+    `--speech_model`), each with every fine-tuning seed and the same budget;
+ 5. probes: `hf-music-w2v probe` of every layer of every network;
+ 6. codebook: NMI between the quantizer's code ids and pitch / family, for every network;
+ 7. hub: the best-on-valid music-pretrained run packaged for the Hub, with the widget models;
+ 8. report: OUT/results.json (the figures, compared by `--expect`), OUT/REPORT.md and its figures.
 A finished stage is not run again (the same command resumes an interrupted demo; `--fresh` starts over), a
 training stage that was cut off resumes from its latest checkpoint, and a folder made with other settings is
 refused rather than mixed into.
@@ -40,7 +41,7 @@ import torch
 
 from .atomic import staged_directory, write_text_atomic
 from .training.launch import launch_command, launch_environment
-from .training.layout import HEAD_TITLES, HEADS, RunLayout
+from .training.layout import HEADS, RunLayout
 
 # C and G in every octave of the MIDI piano range: each mini instrument plays some of them, so the NSynth splits
 # share their pitches as the real ones do and pitch is learnable from a few notes per instrument.
@@ -52,6 +53,21 @@ MUSIC, SPEECH, RANDOM, CHECKPOINT = "music-pretrained", "speech-pretrained", "ra
 RUN_NAMES = {MUSIC: "music", SPEECH: "speech", RANDOM: "random", CHECKPOINT: "checkpoint"}
 #: The pretrainings the demo runs itself, and the data flag each gives `hf-music-w2v pretrain`.
 PRETRAINED = (MUSIC, SPEECH)
+#: The number format of the demo's training runs, whatever the machine (`--mixed_precision` of the programs);
+#: probes and the codebook analysis run in fp32.
+TRAINING_PRECISION = "bf16"
+
+
+@dataclass(frozen=True)
+class Network:
+    """One network an arm fine-tunes and probes: a pretraining run, its starting point, or the user's checkpoint."""
+
+    arm: str
+    seed: int | None  # the pretraining seed (random init: the seed its weights were drawn with)
+
+    @property
+    def name(self) -> str:
+        return RUN_NAMES[self.arm] if self.seed is None else f"{RUN_NAMES[self.arm]}-p{self.seed}"
 
 
 class DemoError(RuntimeError):
@@ -60,8 +76,8 @@ class DemoError(RuntimeError):
 
 # The flags that change what a finished stage produced: resuming under other values would mix two experiments.
 SETTINGS = ("recipe", "musicnet_dir", "nsynth_dir", "speech_dir", "pretrain_steps", "finetune_epochs",
-            "pretrain_args", "finetune_args", "pretrain_seed", "data_seed", "notes_per_instrument",
-            "test_notes_per_instrument", "musicnet_seconds", "speech_model")
+            "pretrain_args", "finetune_args", "pretrain_seeds", "seeds", "data_seed", "notes_per_instrument",
+            "test_notes_per_instrument", "musicnet_seconds", "speech_model", "codebook_max_notes")
 
 
 @dataclass
@@ -129,13 +145,26 @@ class Demo:
         self.nsynth_dir = Path(args.nsynth_dir) if args.nsynth_dir else self.out / "data" / "nsynth"
         self.speech_dir = Path(args.speech_dir) if args.speech_dir else self.out / "data" / "speech"
         self.inits = [MUSIC, SPEECH, RANDOM] + ([CHECKPOINT] if args.speech_model else [])
+        self.networks = {init: [Network(init, None)] if init == CHECKPOINT else
+                         [Network(init, seed) for seed in args.pretrain_seeds] for init in self.inits}
         self.check_inputs()
 
     def check_inputs(self) -> None:
-        """Datasets and models given by the user must be there before minutes of work start."""
+        """Datasets, models and the recorded results given by the user must be there before minutes of work start."""
+        from . import report
         from .data.musicnet import find_root
         from .data.nsynth import find_split_dir
         from .data.validation import DataError
+
+        for flag in ("seeds", "pretrain_seeds"):
+            values = getattr(self.args, flag)
+            if len(set(values)) != len(values):
+                raise DemoError(f"--{flag} {' '.join(map(str, values))}: each seed once, please")
+        if self.args.expect:
+            try:
+                report.load_results(self.args.expect)
+            except ValueError as error:
+                raise DemoError(f"--expect {error}") from None
 
         if self.args.musicnet_dir:
             try:
@@ -228,65 +257,89 @@ class Demo:
         return bool(self.args.speech_dir) or self.speech_dir.is_dir()
 
     # Stage 2: pretraining.
-    def pretrain_dir(self, init: str) -> Path:
-        return self.out / {MUSIC: "pretrain", SPEECH: "pretrain-speech"}[init]
+    def pretrain_dir(self, network: Network) -> Path:
+        return self.out / "pretrain" / network.name
 
-    def pretrain_arguments(self, init: str) -> list[str]:
+    def pretrain_arguments(self, network: Network) -> list[str]:
         """The pretraining program's arguments: the recipe, the demo's, then the user's `--pretrain_args` (which win).
 
-        Music and speech runs differ in their data flag alone."""
+        Music and speech runs of one seed differ in their data flag alone."""
         steps = self.args.pretrain_steps
-        data = ["--musicnet_dir", str(self.musicnet_dir)] if init == MUSIC else ["--audio_dir", str(self.speech_dir)]
+        data = (["--musicnet_dir", str(self.musicnet_dir)] if network.arm == MUSIC
+                else ["--audio_dir", str(self.speech_dir)])
         return ["--recipe", self.args.recipe, *data,
-                "--output_dir", str(self.pretrain_dir(init)), "--cache_dir", str(self.out / "cache"),
-                "--seed", str(self.args.pretrain_seed), "--resume_from_checkpoint", "latest",
+                "--output_dir", str(self.pretrain_dir(network)), "--cache_dir", str(self.out / "cache"),
+                "--seed", str(network.seed), "--mixed_precision", TRAINING_PRECISION,
+                "--resume_from_checkpoint", "latest",
                 *(["--max_train_steps", str(steps)] if steps else []), *shlex.split(self.args.pretrain_args)]
 
-    def pretrain(self, init: str) -> None:
-        name = self.pretrain_dir(init).name
-        run_logged(self.launch("pretrain", self.pretrain_arguments(init)), self.out / "logs" / f"{name}.log", name,
-                   self.echo)
+    def pretrain(self, network: Network) -> None:
+        run_logged(self.launch("pretrain", self.pretrain_arguments(network)),
+                   self.out / "logs" / f"pretrain-{network.name}.log", f"pretrain {network.name}", self.echo)
 
-    @property
-    def random_dir(self) -> Path:
-        """The network pretraining started from (same seed and config), saved for the probes and the codebook."""
-        return self.out / "random-init"
+    # Stage 3: the random arm.
+    def random_dir(self, network: Network) -> Path:
+        """The network a pretraining seed started from (same seed and config), for fine-tuning, probes, codebook."""
+        return self.out / "random-init" / network.name
 
-    def save_random_network(self) -> None:
+    def save_random_networks(self) -> None:
         from transformers import Wav2Vec2ForPreTraining
 
-        if (self.random_dir / "config.json").is_file():
-            return
-        config = Wav2Vec2ForPreTraining.config_class.from_pretrained(self.pretrain_dir(MUSIC))
-        torch.manual_seed(self.args.pretrain_seed)
-        with staged_directory(self.random_dir) as staging:
-            Wav2Vec2ForPreTraining(config).save_pretrained(staging)
+        for network in self.networks[RANDOM]:
+            if (self.random_dir(network) / "config.json").is_file():
+                continue
+            config = Wav2Vec2ForPreTraining.config_class.from_pretrained(self.pretrain_dir(Network(MUSIC, network.seed)))
+            # As the training engine builds the model: right after `torch.manual_seed(seed)`.
+            torch.manual_seed(network.seed)
+            with staged_directory(self.random_dir(network)) as staging:
+                Wav2Vec2ForPreTraining(config).save_pretrained(staging)
 
-    def network(self, init: str) -> str:
-        """Where the network an arm starts fine-tuning from is (random init: pretraining's starting point)."""
-        return str({MUSIC: self.pretrain_dir(MUSIC), SPEECH: self.pretrain_dir(SPEECH), RANDOM: self.random_dir,
-                    CHECKPOINT: self.args.speech_model}[init])
+    def random_ready(self) -> bool:
+        return all((self.random_dir(network) / "config.json").is_file() for network in self.networks[RANDOM])
 
-    # Stage 3: fine-tuning.
-    def run_dir(self, init: str, seed: int) -> Path:
-        return self.out / "finetune" / f"{RUN_NAMES[init]}-seed{seed}"
+    def network_path(self, network: Network) -> str:
+        """Where a network's weights are: a pretraining output, a saved starting point or the user's checkpoint."""
+        if network.arm == CHECKPOINT:
+            return self.args.speech_model
+        return str(self.random_dir(network) if network.arm == RANDOM else self.pretrain_dir(network))
 
-    def finetune_arguments(self, init: str, seed: int) -> list[str]:
-        """The fine-tuning program's arguments for one run: identical for every init but the starting weights."""
-        model = self.pretrain_dir(MUSIC) if init == RANDOM else self.network(init)
+    # Stage 4: fine-tuning.
+    def run_dir(self, network: Network, seed: int) -> Path:
+        return self.out / "finetune" / f"{network.name}-seed{seed}"
+
+    def finetune_arguments(self, network: Network, seed: int) -> list[str]:
+        """The fine-tuning program's arguments for one run: identical for every network but the starting weights."""
         epochs = self.args.finetune_epochs
-        return ["--recipe", self.args.recipe, "--model_name_or_path", str(model), "--nsynth_dir",
-                str(self.nsynth_dir), "--output_dir", str(self.run_dir(init, seed)), "--cache_dir",
-                str(self.out / "cache"), "--seed", str(seed), "--resume_from_checkpoint", "latest",
-                *(["--num_train_epochs", str(epochs)] if epochs else []), *(["--random_init"] if init == RANDOM else []),
+        return ["--recipe", self.args.recipe, "--model_name_or_path", self.network_path(network), "--nsynth_dir",
+                str(self.nsynth_dir), "--output_dir", str(self.run_dir(network, seed)), "--cache_dir",
+                str(self.out / "cache"), "--seed", str(seed), "--mixed_precision", TRAINING_PRECISION,
+                "--resume_from_checkpoint", "latest", *(["--num_train_epochs", str(epochs)] if epochs else []),
                 *shlex.split(self.args.finetune_args)]
 
-    def finetune(self, init: str, seed: int) -> None:
-        name = self.run_dir(init, seed).name
-        run_logged(self.launch("finetune", self.finetune_arguments(init, seed)),
+    def finetune(self, network: Network, seed: int) -> None:
+        name = self.run_dir(network, seed).name
+        run_logged(self.launch("finetune", self.finetune_arguments(network, seed)),
                    self.out / "logs" / f"finetune-{name}.log", f"finetune {name}", self.echo)
 
-    # Stage 4: codebook analysis.
+    def all_networks(self) -> list[Network]:
+        return [network for init in self.inits for network in self.networks[init]]
+
+    # Stage 5: layer-wise probes.
+    def probe_dir(self, network: Network) -> Path:
+        return self.out / "probes" / network.name
+
+    def probes(self) -> None:
+        from .probing import ProbeSettings, probe_model
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        for network in self.all_networks():
+            report = probe_model(self.network_path(network), str(self.nsynth_dir), self.probe_dir(network),
+                                 ProbeSettings(), device=device, cache_dir=str(self.out / "cache"))
+            self.say(f"probes of {network.name}: " + ", ".join(
+                f"{task} {entry['test_accuracy']:.3f} (layer {entry['layer']}, {entry['probe']})"
+                for task, entry in best_probes(report).items()))
+
+    # Stage 6: codebook analysis.
     def codebook(self) -> None:
         from datasets import concatenate_datasets
         from transformers import Wav2Vec2ForPreTraining
@@ -300,36 +353,17 @@ class Demo:
             chosen = np.random.default_rng(0).choice(len(notes), self.args.codebook_max_notes, replace=False)
             notes = notes.select(np.sort(chosen))
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.save_random_network()
         scores = {}
-        for label in self.inits:
-            model = Wav2Vec2ForPreTraining.from_pretrained(self.network(label))
-            scores[label] = analyse_codebook(model, notes, device=device).scores()
-            self.say(f"codebook of the {label} model: pitch NMI {scores[label]['pitch_nmi']:.3f}, "
-                     f"family NMI {scores[label]['family_nmi']:.3f}")
+        for network in self.all_networks():
+            model = Wav2Vec2ForPreTraining.from_pretrained(self.network_path(network))
+            scores[network.name] = analyse_codebook(model, notes, device=device).scores()
+            self.say(f"codebook of {network.name}: pitch NMI {scores[network.name]['pitch_nmi']:.3f}, "
+                     f"family NMI {scores[network.name]['family_nmi']:.3f}")
         write_text_atomic(self.out / "codebook.json", json.dumps(scores, indent=2))
 
-    # Stage: layer-wise probes.
-    def probe_dir(self, init: str) -> Path:
-        return self.out / "probes" / RUN_NAMES[init]
-
-    def probes(self) -> None:
-        from .probing import ProbeSettings, probe_model
-
-        self.save_random_network()
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        for init in self.inits:
-            report = probe_model(self.network(init), str(self.nsynth_dir), self.probe_dir(init), ProbeSettings(),
-                                 device=device, cache_dir=str(self.out / "cache"))
-            best = {task: max((e for e in report["results"] if e["task"] == task), key=lambda e: e["valid_accuracy"])
-                    for task in ("pitch", "instrument")}
-            self.say(f"probes of the {init} network: " + ", ".join(
-                f"{task} {entry['test_accuracy']:.3f} (layer {entry['layer']}, {entry['probe']})"
-                for task, entry in best.items()))
-
-    # Stage: the Hub-ready folder.
+    # Stage 7: the Hub-ready folder.
     def best_music_run(self) -> Path:
-        runs = [self.run_dir(MUSIC, seed) for seed in self.args.seeds]
+        runs = [self.run_dir(network, seed) for network in self.networks[MUSIC] for seed in self.args.seeds]
         return max(runs, key=lambda run: RunLayout(run).read_results()["valid_mean_accuracy"])
 
     def package(self) -> None:
@@ -345,13 +379,15 @@ class Demo:
         """(name, already done, work) for every stage, in order."""
         stages = [("data", self.musicnet_ready() and self.nsynth_ready() and self.speech_ready(), self.render_data)]
         for init in PRETRAINED:
-            stages.append((self.pretrain_dir(init).name, RunLayout(self.pretrain_dir(init)).is_finished(),
-                           lambda init=init: self.pretrain(init)))
-        for init in self.inits:
+            for network in self.networks[init]:
+                stages.append((f"pretrain {network.name}", RunLayout(self.pretrain_dir(network)).is_finished(),
+                               lambda network=network: self.pretrain(network)))
+        stages.append(("random init", self.random_ready(), self.save_random_networks))
+        for network in self.all_networks():
             for seed in self.args.seeds:
-                run = self.run_dir(init, seed)
+                run = self.run_dir(network, seed)
                 stages.append((f"finetune {run.name}", RunLayout(run).is_finished(),
-                               lambda init=init, seed=seed: self.finetune(init, seed)))
+                               lambda network=network, seed=seed: self.finetune(network, seed)))
         return stages + [("probes", False, self.probes), ("codebook", False, self.codebook),
                          ("hub", False, self.package), ("report", False, self.report)]
 
@@ -365,13 +401,31 @@ class Demo:
         stages = [(f"[{number}/{len(self.stages())}] {name}", done, work, name)
                   for number, (name, done, work) in enumerate(self.stages(), 1)]
         # Training runs of one kind (the pretrainings, the fine-tunings) are independent: --jobs of them at once.
-        for _, group in itertools.groupby(stages, key=lambda stage: stage[3].split(" ")[0].split("-")[0]):
+        for _, group in itertools.groupby(stages, key=lambda stage: stage[3].split(" ")[0]):
             self.run_together(list(group))
         with self.lock:
             self.state.seconds["wall"] = self.state.seconds.get("wall", 0.0) + time.perf_counter() - start
             self.state.write(self.state_path)
         self.say(f"finished in {(time.perf_counter() - start) / 60:.1f} min; report: {self.out / 'REPORT.md'}")
+        if self.args.expect:
+            self.compare_with_expected()
         return self.out / "REPORT.md"
+
+    def compare_with_expected(self) -> None:
+        """`--expect`: the run's figures must be the recorded ones; the first that differs is named."""
+        from . import report
+
+        recorded = report.load_results(self.args.expect)
+        measured = json.loads((self.out / "results.json").read_text())
+        difference = report.first_difference(recorded, measured)
+        if difference:
+            raise DemoError(
+                f"this run's figures differ from {self.args.expect}; the first difference: {difference}. The run is in "
+                f"{self.out / 'results.json'}. If the change was meant to move the figures, record a fresh-clone run: "
+                f"cp {self.out / 'results.json'} {self.args.expect} && hf-music-w2v results {self.args.expect} "
+                "--readme README.md")
+        self.say(f"every figure is the one recorded in {self.args.expect} (recorded at commit "
+                 f"{recorded[report.RUN_KEY]['commit']}, {recorded[report.RUN_KEY]['date']})")
 
     def run_together(self, group: list[tuple]) -> None:
         """Run a group of stages, --jobs at a time when they are training runs; the first failure is raised."""
@@ -391,47 +445,96 @@ class Demo:
                     future.cancel()
                 raise
 
-    # Stage 6: the report.
+    # Stage 8: the report.
     def report(self) -> None:
         from . import plotting, report
-        from .data import load_nsynth
 
         figures = self.out / "figures"
-        pretrain = RunLayout(self.pretrain_dir(MUSIC))
-        pretrain_config = json.loads((pretrain.root / "config.json").read_text())
-        for init in PRETRAINED:
-            plotting.plot_pretraining(RunLayout(self.pretrain_dir(init)).read_metrics(),
-                                      figures / f"{self.pretrain_dir(init).name}.png",
-                                      pretrain_config["num_codevector_groups"])
-        finetune_logs = {init: [RunLayout(self.run_dir(init, s)).read_metrics() for s in self.args.seeds]
-                         for init in self.inits}
-        plotting.plot_finetuning(finetune_logs, figures / "finetuning.png")
-        results = {init: [RunLayout(self.run_dir(init, s)).read_results() for s in self.args.seeds]
-                   for init in self.inits}
-        codebook = json.loads((self.out / "codebook.json").read_text())
-        plotting.plot_codebook(codebook, figures / "codebook_nmi.png")
-        best = self.best_music_run()
-        shutil.copyfile(best / "confusion_matrix.png", figures / "confusion_matrix.png")
+        results = self.results()
+        for network in results["pretraining"]:
+            plotting.plot_pretraining(RunLayout(self.out / "pretrain" / network).read_metrics(),
+                                      figures / f"pretrain-{network}.png", results["model"]["codebook_groups"])
+        plotting.plot_finetuning({init: [RunLayout(self.run_dir(network, s)).read_metrics()
+                                         for network in self.networks[init] for s in self.args.seeds]
+                                  for init in self.inits}, figures / "finetuning.png")
+        plotting.plot_codebook(results["codebook"], figures / "codebook_nmi.png")
+        shutil.copyfile(self.out / "finetune" / results["best_music_run"] / "confusion_matrix.png",
+                        figures / "confusion_matrix.png")
+        plotting.plot_probe_layers({network.name: json.loads((self.probe_dir(network) / "probe_results.json")
+                                                             .read_text()) for network in self.all_networks()},
+                                   figures / "probe_layers.png")
+        write_text_atomic(self.out / "results.json", json.dumps(results, indent=2))
+        write_text_atomic(self.out / "REPORT.md", report.render_report(results))
 
+    def results(self) -> dict:
+        """results.json: the run's figures, and under `run` what describes the run rather than its figures."""
+        import soundfile as sf
+
+        from . import report
+        from .data import load_nsynth
+
+        config = json.loads((self.pretrain_dir(self.networks[MUSIC][0]) / "config.json").read_text())
+        finetuned = {init: [[RunLayout(self.run_dir(network, s)).read_results() for s in self.args.seeds]
+                            for network in self.networks[init]] for init in self.inits}
+        first = finetuned[MUSIC][0][0]
         test = load_nsynth(self.nsynth_dir, "test", cache_dir=self.out / "cache")
-        chance = {"pitch": max(np.bincount(test["pitch"])) / len(test),
-                  "instrument": max(np.bincount(test["instrument_family"])) / len(test)}
-        rows = report.accuracy_rows(results)
         correct = {}
         for init in self.inits:
-            predictions = [json.loads((self.run_dir(init, s) / "test_predictions.json").read_text())
-                           for s in self.args.seeds]
-            correct[init] = {head: report.note_correctness(predictions, head)[1] for head in HEADS}
-        comparisons = report.paired_comparisons(correct, rows)
-        probes = {init: json.loads((self.probe_dir(init) / "probe_results.json").read_text()) for init in self.inits}
-        plotting.plot_probe_layers(probes, figures / "probe_layers.png")
-        summary = {"accuracy": rows, "chance": chance, "comparisons": comparisons, "codebook": codebook,
-                   "probes": {init: best_probes(probe) for init, probe in probes.items()},
-                   "pretraining": {init: RunLayout(self.pretrain_dir(init)).read_results() for init in PRETRAINED},
-                   "stage_seconds": self.state.seconds, "machine": machine_description(),
-                   "command": self.args.invocation}
-        write_text_atomic(self.out / "results.json", json.dumps(summary, indent=2))
-        write_text_atomic(self.out / "REPORT.md", render_report(self, summary, results, pretrain_config, best))
+            per_head = {head: [] for head in HEADS}
+            for network in self.networks[init]:
+                predictions = [json.loads((self.run_dir(network, s) / "test_predictions.json").read_text())
+                               for s in self.args.seeds]
+                for head in HEADS:
+                    per_head[head].append(report.note_correctness(predictions, head)[1])
+            correct[init] = {head: np.stack(values) for head, values in per_head.items()}
+        probes = {}
+        for network in self.all_networks():
+            probe = json.loads((self.probe_dir(network) / "probe_results.json").read_text())
+            probes[network.name] = {task: {"best": probe_summary(entry), "last_linear": probe_summary(
+                last_linear_probe(probe, task))} for task, entry in best_probes(probe).items()}
+        pretraining = {}
+        for init in PRETRAINED:
+            for network in self.networks[init]:
+                done = RunLayout(self.pretrain_dir(network)).read_results()
+                pretraining[network.name] = {key: done[key] for key in (
+                    "steps", "audio_hours_seen", "skipped_updates", "final_contrastive_loss",
+                    "final_codevector_perplexity")}
+        def minutes(folder: Path, pattern: str) -> float:
+            return sum(sf.info(path).duration for path in sorted(folder.glob(pattern))) / 60
+
+        rendered = not (self.args.musicnet_dir or self.args.nsynth_dir)
+        return {
+            "settings": {**self.settings, "jobs": self.args.jobs},
+            "precision": {"training": f"{TRAINING_PRECISION} autocast", "analysis": "fp32"},
+            "data": {"source": "rendered by the demo in the official layouts" if rendered else "given by path",
+                     "train_notes": first["train_notes"], "valid_notes": first["valid_notes"],
+                     "test_notes": first["test_notes"], "test_instruments": len(set(test["instrument"])),
+                     "musicnet_train_minutes": minutes(self.musicnet_dir, "**/train_data/*.wav"),
+                     "speech_minutes": minutes(self.speech_dir, "**/*.flac")},
+            "model": {"layers": config["num_hidden_layers"], "hidden_size": config["hidden_size"],
+                      "conv_layers": len(config["conv_dim"]), "conv_channels": config["conv_dim"][0],
+                      "codebook_groups": config["num_codevector_groups"],
+                      "codevectors_per_group": config["num_codevectors_per_group"],
+                      "negatives": config["num_negatives"]},
+            "networks": {init: [network.name for network in self.networks[init]] for init in self.inits},
+            "pretraining": pretraining,
+            "finetuning": {"epochs": first["epochs"], "steps": first["steps"],
+                           "setup": (f"recipe `{self.args.recipe}` plus `{self.args.finetune_args}`"
+                                     if self.args.finetune_args else f"recipe `{self.args.recipe}`")},
+            "accuracy": report.accuracy_rows(finetuned),
+            "chance": {"pitch": int(max(np.bincount(test["pitch"]))) / len(test),
+                       "instrument": int(max(np.bincount(test["instrument_family"]))) / len(test)},
+            "comparisons": report.paired_comparisons(correct),
+            "probes": probes,
+            "codebook": json.loads((self.out / "codebook.json").read_text()),
+            "best_music_run": self.best_music_run().name,
+            report.RUN_KEY: {"stage_seconds": {**self.state.seconds,
+                                                "wall": self.state.seconds.get("wall", 0.0)
+                                                + time.perf_counter() - self.started},
+                             "machine": machine_description(), "command": self.args.invocation,
+                             "commit": source_commit(), "date": time.strftime("%Y-%m-%d"),
+                             "output_dir": str(self.out)},
+        }
 
 
 def machine_description() -> str:
@@ -446,186 +549,27 @@ def best_probes(probe_report: dict) -> dict[str, dict]:
             for task in ("pitch", "instrument")}
 
 
-def claim_lines(comparisons: list[dict], codebook: dict) -> list[str]:
-    """The paper's two claims against this run's figures, each with the verdict the figures allow."""
-    lines = []
-    for c in comparisons:
-        if {c["first"], c["second"]} != {MUSIC, SPEECH}:
-            continue
-        sign = 1 if c["first"] == MUSIC else -1
-        low, high = sorted((sign * c["low"], sign * c["high"]))
-        if low > 0:
-            verdict = "agrees: the music-pretrained model is ahead"
-        elif high < 0:
-            verdict = "disagrees: the speech-pretrained model is ahead"
-        else:
-            verdict = "cannot tell at this scale: the interval includes 0"
-        lines.append(f"- *Music pretraining beats speech pretraining on {HEAD_TITLES[c['head']]}*: music - speech = "
-                     f"{100 * sign * c['difference']:+.1f} points, 95% interval [{100 * low:+.1f}, {100 * high:+.1f}] "
-                     f"over {c['notes']} test notes; the miniature {verdict}.")
-    music = codebook.get(MUSIC)
-    if music:
-        for kind, title in (("pitch", "pitch"), ("family", "instrument family")):
-            value, floor = music[f"{kind}_nmi"], music[f"{kind}_nmi_shuffled"]
-            others = ", ".join(f"{label} {codebook[label][f'{kind}_nmi']:.3f}" for label in codebook if label != MUSIC)
-            state = ("above" if value > floor else "not above")
-            lines.append(f"- *The music model's codes encode {title}*: NMI {value:.3f}, {state} its shuffled-label "
-                         f"floor {floor:.3f} (other networks: {others}).")
-    return lines
+def probe_summary(entry: dict) -> dict:
+    """The fields of a probe result that the report shows."""
+    return {key: entry[key] for key in ("layer", "probe", "valid_accuracy", "test_accuracy", "test_accuracy_std")}
 
 
-def probe_table_of(demo: "Demo") -> str:
-    return probe_table({init: json.loads((demo.probe_dir(init) / "probe_results.json").read_text())
-                        for init in demo.inits})
+def last_linear_probe(probe_report: dict, task: str) -> dict:
+    last = max(e["layer"] for e in probe_report["results"] if isinstance(e["layer"], int))
+    return next(e for e in probe_report["results"] if e["task"] == task and e["layer"] == last and e["probe"] == "linear")
 
 
-def probe_table(probes: dict[str, dict]) -> str:
-    lines = ["| network | task | best probe on valid | its test accuracy | last layer, linear (test) |",
-             "|---|---|---|---|---|"]
-    for init, probe in probes.items():
-        last = max(e["layer"] for e in probe["results"] if isinstance(e["layer"], int))
-        for task, entry in best_probes(probe).items():
-            final = next(e for e in probe["results"] if e["task"] == task and e["layer"] == last
-                         and e["probe"] == "linear")
-            lines.append(f"| {init} | {task} | layer {entry['layer']}, {entry['probe']} | "
-                         f"{entry['test_accuracy']:.3f} ± {entry['test_accuracy_std']:.3f} | "
-                         f"{final['test_accuracy']:.3f} ± {final['test_accuracy_std']:.3f} |")
-    return "\n".join(lines)
-
-
-def test_set_caveat(rows: list[dict], test_notes: int) -> str:
-    """The size of the test set in accuracy points: seeds vary the training, not which notes are tested."""
-    p = rows[0]["pitch"]["mean"]
-    return (f"The seeds vary training only; all runs are scored on the same {test_notes} test notes, so one note "
-            f"is {100 / test_notes:.1f} points, and the binomial standard error of an accuracy near {p:.2f} is "
-            f"{np.sqrt(p * (1 - p) / test_notes):.3f}.")
-
-
-def render_report(demo: Demo, summary: dict, results: dict, pretrain_config: dict, best: Path) -> str:
-    from . import report
-
-    args = demo.args
-    seconds = {name: value for name, value in summary["stage_seconds"].items() if name != "wall"}
-    rows = summary["accuracy"]
-    first = results[MUSIC][0]
-    finetune_minutes = sum(v for k, v in seconds.items() if k.startswith("finetune")) / 60
-    # Wall time: stages may have run side by side (--jobs), so their sum can exceed it.
-    total_minutes = (summary["stage_seconds"].get("wall", 0.0) + time.perf_counter() - demo.started) / 60
-    finetune_setup = (f"recipe `{args.recipe}` plus `{args.finetune_args}`" if args.finetune_args
-                      else "feature encoder frozen")
-    pretrain_minutes = sum(v for k, v in seconds.items() if k.startswith("pretrain")) / 60
-    data_note = ("rendered by the demo in the official layouts, from a General MIDI SoundFont's recorded "
-                 "instrument samples and music21's real scores" if not (args.musicnet_dir or args.nsynth_dir)
-                 else "given by path")
-    lines = [
-        "# hf_music_w2v demo report",
-        "",
-        f"`{summary['command']}` on {summary['machine']}; {total_minutes:.1f} min in all "
-        f"(summed over runs, which --jobs {args.jobs} ran that many at a time: pretraining {pretrain_minutes:.1f} "
-        f"min, fine-tuning {finetune_minutes:.1f} min).",
-        "",
-        "Everything below was measured in this run; the figures are in `figures/`, the numbers in "
-        "`results.json`, each training run's own output and logs under `pretrain/` and `finetune/`.",
-        "",
-        "## Setup",
-        "",
-        f"- **Data** ({data_note}): MusicNet from `{demo.musicnet_dir}`, speech from `{demo.speech_dir}`"
-        + ("" if args.speech_dir else " (mini-speech: eSpeak NG voices reading English, as many minutes as "
-                                      "mini-MusicNet)")
-        + f", NSynth from `{demo.nsynth_dir}` "
-        f"({first['train_notes']} train / {first['valid_notes']} valid / {first['test_notes']} test notes; the "
-        "splits share no instrument, as in NSynth).",
-        f"- **Model**: wav2vec2 with {pretrain_config['num_hidden_layers']} Transformer layers of "
-        f"{pretrain_config['hidden_size']}, a {len(pretrain_config['conv_dim'])}-layer conv encoder of "
-        f"{pretrain_config['conv_dim'][0]} channels, a {pretrain_config['num_codevector_groups']} x "
-        f"{pretrain_config['num_codevectors_per_group']} Gumbel codebook (recipe `{args.recipe}`).",
-        *[f"- **Pretraining on {'MusicNet' if init == MUSIC else 'speech'}**: {p['steps']} updates, "
-          f"{p['audio_hours_seen']:.2f} h of audio seen, {p['skipped_updates']} skipped; final contrastive loss "
-          f"{p['final_contrastive_loss']:.3f} (chance: ln(1 + negatives) = "
-          f"{np.log(1 + pretrain_config['num_negatives']):.3f}), codevector perplexity "
-          f"{p['final_codevector_perplexity']:.1f}." for init, p in summary["pretraining"].items()],
-        "- The two pretrainings share architecture, seed, recipe and budget; they differ in their data alone. "
-        "The random network is the one both started from.",
-        f"- **Fine-tuning**: both heads jointly, {finetune_setup}, {first['epochs']} epoch(s) "
-        f"({first['steps']} updates) per run, seeds {', '.join(map(str, args.seeds))}; every initialisation gets "
-        "the same data, schedule and budget. Each run keeps its best epoch on valid and is scored once on test.",
-        "",
-        "## The paper's claims against this run",
-        "",
-        *claim_lines(summary["comparisons"], summary["codebook"]),
-        "",
-        "## Pretraining on MusicNet and on speech",
-        "",
-        "![pretraining curves, MusicNet](figures/pretrain.png)",
-        "",
-        "![pretraining curves, speech](figures/pretrain-speech.png)",
-        "",
-        "## Fine-tuning on NSynth: test accuracy",
-        "",
-        report.accuracy_table(rows, summary["chance"]),
-        "",
-        "Mean ± sample standard deviation over seeds." + (
-            f" Only {len(args.seeds)} seed(s): too few for the spread to mean much (3 or more are advised)."
-            if len(args.seeds) < 3 else ""),
-        "",
-        test_set_caveat(rows, first["test_notes"]),
-        "",
-        "Paired comparisons over the same test notes: each note's accuracy is averaged over an arm's seeds, the "
-        "difference is bootstrapped over notes (10,000 resamples), and an arm is called ahead only when the 95% "
-        "interval excludes 0. The seeds' standard deviation is given beside it: it measures training noise, "
-        "the interval the finite test set.",
-        "",
-        *report.comparison_lines(summary["comparisons"]),
-        "",
-        "![fine-tuning curves](figures/finetuning.png)",
-        "",
-        f"## Instrument-family confusion (music-pretrained, the run best on valid: `{best.name}`)",
-        "",
-        "![confusion matrix](figures/confusion_matrix.png)",
-        "",
-        "## Layer-wise probes of the frozen networks",
-        "",
-        "Every layer of each network before fine-tuning, frozen, probed by `hf-music-w2v probe` (linear and "
-        "MARBLE's MLP probe per layer, a learnable weighted sum of layers; 3 seeds; selection on valid). Layer 0 is "
-        "the Transformer's input. Full tables: `probes/<network>/probe_results.md`.",
-        "",
-        probe_table_of(demo),
-        "",
-        "![probe accuracy per layer](figures/probe_layers.png)",
-        "",
-        "## The codebook: what the quantizer's discrete codes say about pitch and instrument",
-        "",
-        f"Each 20 ms frame of {next(iter(summary['codebook'].values()))['notes']} NSynth notes (sounding frames "
-        "only, within 40 dB of the note's peak) gets the quantizer's code id; NMI is the normalised mutual "
-        "information between those ids and the note's pitch or family (0: unrelated, 1: determined). The "
-        "'labels shuffled' columns give the same figure with the labels shuffled between notes: NMI above it is "
-        "information, not an artefact of the number of codes. The random model is the network pretraining "
-        "started from; the speech checkpoint (if any) is the user's.",
-        "",
-        report.codebook_table(summary["codebook"]),
-        "",
-        "![codebook NMI](figures/codebook_nmi.png)",
-        "",
-        "## Hub-ready output",
-        "",
-        f"`hub/model/` is `{best.name}` ready to upload (weights, config with `auto_map`, the modeling code, "
-        "feature extractor, model card with the test results, widget samples, confusion matrix); "
-        "`hub/widget-pitch/` and `hub/widget-instrument/` are one standard "
-        "`Wav2Vec2ForSequenceClassification` per head for the Hub's audio-classification widget.",
-        "",
-        "```",
-        f"hf upload USER/MODEL {demo.out / 'hub' / 'model'} .",
-        f"hf-music-w2v predict {demo.out / 'hub' / 'model'} some_note.wav --top_k 3",
-        "```",
-        "",
-        "## Stage times",
-        "",
-        "| stage | minutes |",
-        "|---|---|",
-        *[f"| {name} | {value / 60:.2f} |" for name, value in seconds.items()],
-        "",
-    ]
-    return "\n".join(lines)
+def source_commit() -> str:
+    """The git commit the package runs from (with "+changes" when its tree differs), or "unknown"."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if changed else "")
 
 
 def default_jobs() -> int:
@@ -646,7 +590,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speech_model", default=None,
                         help="a fourth arm: a wav2vec2 speech checkpoint (folder or Hub id, e.g. "
                              "facebook/wav2vec2-base) fine-tuned, probed and analysed beside the demo's own")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds (default 0 1 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="fine-tuning seeds, each run on every network (default 0 1)")
+    parser.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0, 1],
+                        help="pretraining seeds: each pretrained arm is one pretraining run per seed, and the random "
+                             "arm the networks they started from (default 0 1)")
     parser.add_argument("--pretrain_steps", type=int, default=None, help="pretraining updates (default: the recipe's, 800 for mini)")
     parser.add_argument("--finetune_epochs", type=int, default=None,
                         help="epochs per fine-tuning run (default 15 mini, 10 paper)")
@@ -656,14 +604,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="extra `hf-music-w2v finetune` arguments in one string: --finetune_args=--freeze_base_model")
     parser.add_argument("--accelerate_config", default=None,
                         help="accelerate config for every training run (default: one local process)")
-    parser.add_argument("--pretrain_seed", type=int, default=0,
-                        help="pretraining seed; it also draws the random network the codebook is compared with")
     parser.add_argument("--data_seed", type=int, default=0, help="seed of the rendered mini datasets")
     parser.add_argument("--notes_per_instrument", type=int, default=6,
                         help="mini-NSynth notes per train and valid instrument (default 6)")
-    parser.add_argument("--test_notes_per_instrument", type=int, default=20,
-                        help="mini-NSynth notes per test instrument (default 20: 220 test notes, one note < 0.5 "
-                             "points)")
+    parser.add_argument("--test_notes_per_instrument", type=int, default=30,
+                        help="mini-NSynth notes per test instrument, at most (default 30: 655 test notes of 22 "
+                             "instruments; the narrowest instruments have fewer distinct notes)")
     parser.add_argument("--musicnet_seconds", type=float, default=120.0,
                         help="seconds rendered of each mini-MusicNet score (default 120)")
     parser.add_argument("--codebook_max_notes", type=int, default=2000, help="NSynth notes in the codebook analysis")
@@ -674,3 +620,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                              "on 2 cores (BENCHMARKS.md)")
     parser.add_argument("--fresh", action="store_true", help="delete OUTPUT_DIR first instead of resuming")
     parser.add_argument("--quiet", action="store_true", help="training output to the logs only, not the terminal")
+    parser.add_argument("--expect", default=None, metavar="RESULTS_JSON",
+                        help="after the run, compare its results.json with this recorded one (e.g. "
+                             "docs/demo_results.json; timings, machine and commands aside) and fail naming the first "
+                             "figure that differs: `make reproduce`")

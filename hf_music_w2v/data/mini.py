@@ -26,8 +26,10 @@ from .nsynth import NSYNTH_QUALITIES, NSYNTH_SOURCES
 NSYNTH_VELOCITIES = (25, 50, 75, 100, 127)
 NOTE_ON_SECONDS = 3.0
 
-# (family, source, GM program 0-based, lowest, highest MIDI pitch). Four instruments per family: the first two
-# go to train, the third to valid, the fourth to test, so the splits share no instrument, as in NSynth.
+# (family, source, GM program 0-based, lowest, highest MIDI pitch). Five instruments per family: the first two
+# go to train, the third to valid, the fourth and fifth to test, so the splits share no instrument, as in NSynth,
+# and the test split has two unseen instruments per family (the fifth ones come last, so adding them left the
+# other instruments' notes as they were).
 MINI_NSYNTH_INSTRUMENTS = (
     ("bass", "acoustic", 32, 28, 55), ("bass", "electronic", 33, 28, 55),
     ("bass", "electronic", 34, 28, 55), ("bass", "synthetic", 38, 28, 55),
@@ -51,8 +53,12 @@ MINI_NSYNTH_INSTRUMENTS = (
     ("synth_lead", "synthetic", 82, 48, 96), ("synth_lead", "synthetic", 84, 36, 96),
     ("vocal", "acoustic", 52, 48, 79), ("vocal", "acoustic", 53, 48, 79),
     ("vocal", "synthetic", 54, 48, 79), ("vocal", "synthetic", 85, 48, 79),
+    ("bass", "electronic", 35, 28, 67), ("brass", "acoustic", 61, 36, 84), ("flute", "acoustic", 77, 55, 84),
+    ("guitar", "electronic", 29, 40, 84), ("keyboard", "acoustic", 1, 21, 108), ("mallet", "acoustic", 8, 60, 108),
+    ("organ", "electronic", 18, 36, 96), ("reed", "acoustic", 67, 36, 69), ("string", "acoustic", 48, 36, 96),
+    ("synth_lead", "synthetic", 83, 36, 96), ("vocal", "synthetic", 91, 48, 84),
 )
-_SPLIT_OF_RANK = ("train", "train", "valid", "test")
+_SPLIT_OF_RANK = ("train", "train", "valid", "test", "test")
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,7 @@ def render_utterances(seed: int, seconds_per_speaker: float, speakers: tuple[Spe
     sentences = documentation_sentences()
     synthesizer = SpeechSynthesizer.shared()
     corpus = []
-    for number, speaker in enumerate(tqdm(speakers, desc="mini-speech", unit="speaker")):
+    for speaker in tqdm(speakers, desc="mini-speech", unit="speaker"):
         utterances, spoken = [], 0.0
         while spoken < seconds_per_speaker:
             text = " ".join(sentences[i] for i in rng.choice(len(sentences), SENTENCES_PER_UTTERANCE, replace=False))
