@@ -12,7 +12,7 @@ DEMO_ARGS ?=
 # The demo needs nothing from the Hub; set HF_HUB_OFFLINE=0 to let --speech_model name a Hub id.
 HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo reproduce test lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	HF_HUB_OFFLINE=$(HF_HUB_OFFLINE) $(VENV)/bin/hf-music-w2v demo --output_dir demo_output $(DEMO_ARGS)
 
+# The demo again from scratch, every figure compared with the recorded run; fails naming the first that differs.
+reproduce: $(STAMP)
+	HF_HUB_OFFLINE=$(HF_HUB_OFFLINE) $(VENV)/bin/hf-music-w2v demo --output_dir reproduce_output --fresh --quiet \
+		--expect docs/demo_results.json $(DEMO_ARGS)
+
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
@@ -33,4 +38,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check hf_music_w2v training tests benchmarks
 
 clean:
-	rm -rf $(VENV) demo_output build *.egg-info
+	rm -rf $(VENV) demo_output reproduce_output build *.egg-info

@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                           ("finetune", "fine-tuning on NSynth pitch and instrument family (see `... finetune --help`)")):
         commands.add_parser(program, help=text, add_help=False)
     demo = commands.add_parser(
-        "demo", help="pretrain on MusicNet, fine-tune on NSynth from music-pretrained and random weights, report",
+        "demo", help="pretrain on music and on speech (3 seeds each), fine-tune and probe every network on NSynth, report",
         description=demo_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_arguments(demo)
     demo.set_defaults(handler=run_demo)

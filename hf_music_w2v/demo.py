@@ -419,8 +419,13 @@ class Demo:
         measured = json.loads((self.out / "results.json").read_text())
         difference = report.first_difference(recorded, measured)
         if difference:
+            machine = recorded[report.RUN_KEY]["machine"]
+            elsewhere = ("" if machine == measured[report.RUN_KEY]["machine"] else
+                         f" The recorded run was made on another machine ({machine}); figures are reproducible on "
+                         "the machine they were recorded on.")
             raise DemoError(
-                f"this run's figures differ from {self.args.expect}; the first difference: {difference}. The run is in "
+                f"this run's figures differ from {self.args.expect}; the first difference: {difference}.{elsewhere} "
+                f"The run is in "
                 f"{self.out / 'results.json'}. If the change was meant to move the figures, record a fresh-clone run: "
                 f"cp {self.out / 'results.json'} {self.args.expect} && hf-music-w2v results {self.args.expect} "
                 "--readme README.md")
@@ -504,7 +509,7 @@ class Demo:
 
         rendered = not (self.args.musicnet_dir or self.args.nsynth_dir)
         return {
-            "settings": {**self.settings, "jobs": self.args.jobs},
+            "settings": self.settings,
             "precision": {"training": f"{TRAINING_PRECISION} autocast", "analysis": "fp32"},
             "data": {"source": "rendered by the demo in the official layouts" if rendered else "given by path",
                      "train_notes": first["train_notes"], "valid_notes": first["valid_notes"],
@@ -533,13 +538,25 @@ class Demo:
                                                 + time.perf_counter() - self.started},
                              "machine": machine_description(), "command": self.args.invocation,
                              "commit": source_commit(), "date": time.strftime("%Y-%m-%d"),
-                             "output_dir": str(self.out)},
+                             "output_dir": str(self.out), "jobs": self.args.jobs},
         }
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, with whether it computes bf16 natively (it changes the figures)."""
+    from .precision import bf16_is_native
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        name = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name} ({'native' if bf16_is_native('cpu') else 'emulated'} bf16)"
 
 
 def machine_description() -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {device}, "
+    return (f"{platform.system()} {platform.machine()}, {cpu_name()}, {os.cpu_count()} CPU cores, {device}, "
             f"torch {torch.__version__}, Python {platform.python_version()}")
 
 
@@ -592,9 +609,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                              "facebook/wav2vec2-base) fine-tuned, probed and analysed beside the demo's own")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                         help="fine-tuning seeds, each run on every network (default 0 1)")
-    parser.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0, 1],
+    parser.add_argument("--pretrain_seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="pretraining seeds: each pretrained arm is one pretraining run per seed, and the random "
-                             "arm the networks they started from (default 0 1)")
+                             "arm the networks they started from (default 0 1 2)")
     parser.add_argument("--pretrain_steps", type=int, default=None, help="pretraining updates (default: the recipe's, 800 for mini)")
     parser.add_argument("--finetune_epochs", type=int, default=None,
                         help="epochs per fine-tuning run (default 15 mini, 10 paper)")

@@ -387,7 +387,7 @@ def render_report(results: dict) -> str:
         "",
         f"`{run['command']}` on {run['machine']}; {run['stage_seconds'].get('wall', 0.0) / 60:.1f} min of stages "
         f"(pretraining {minutes['pretrain']:.1f} and fine-tuning {minutes['finetune']:.1f} min summed over runs, "
-        f"which --jobs {settings['jobs']} ran that many at a time).",
+        f"which --jobs {run['jobs']} ran that many at a time).",
         "",
         "Everything below was measured in this run; the figures are in `figures/`, the numbers in `results.json` "
         "(`hf-music-w2v results results.json` prints them as the README shows them), each training run's own "

@@ -5,18 +5,26 @@ import pytest
 
 from hf_music_w2v.plotting import plot_pretraining
 from hf_music_w2v.report import (
+    LEVELS,
+    README_BEGIN,
+    README_END,
     accuracy_rows,
     accuracy_table,
+    first_difference,
+    hierarchical_bootstrap,
     mean_and_spread,
-    paired_bootstrap,
+    paired_comparison,
     paired_comparisons,
+    replace_readme_results,
     verdict,
 )
 from hf_music_w2v.training.layout import read_jsonl
 
 
-def runs(pitch: list[float], family: list[float]) -> list[dict]:
-    return [{"test_pitch_accuracy": p, "test_instrument_accuracy": f} for p, f in zip(pitch, family)]
+def runs(pitch: list[list[float]], family: list[list[float]]) -> list[list[dict]]:
+    """Results of an arm: per pretraining run, per fine-tuning seed."""
+    return [[{"test_pitch_accuracy": p, "test_instrument_accuracy": f} for p, f in zip(ps, fs)]
+            for ps, fs in zip(pitch, family)]
 
 
 def test_mean_and_spread_use_the_sample_standard_deviation():
@@ -25,45 +33,109 @@ def test_mean_and_spread_use_the_sample_standard_deviation():
     assert mean_and_spread([0.5]) == (0.5, 0.0)
 
 
-def test_the_paired_bootstrap_calls_an_arm_ahead_only_when_its_interval_excludes_zero():
+def draws(rng, probability: float, runs: int = 2, seeds: int = 2, notes: int = 300) -> np.ndarray:
+    return (rng.random((runs, seeds, notes)) < probability).astype(float)
+
+
+def test_the_comparison_calls_an_arm_ahead_only_when_its_interval_excludes_zero():
     rng = np.random.default_rng(0)
-    better = (rng.random((3, 220)) < 0.7).astype(float)
-    worse = (rng.random((3, 220)) < 0.4).astype(float)
-    difference, low, high = paired_bootstrap(better, worse)
-    assert abs(difference - (better.mean() - worse.mean())) < 1e-12 and 0 < low < difference < high
-    assert verdict("music", "speech", low, high) == "music is ahead"
-    assert verdict("speech", "music", -high, -low) == "music is ahead"
-    same = (rng.random((3, 220)) < 0.5).astype(float)
-    _, low, high = paired_bootstrap(same, np.roll(same, 1, axis=1))  # same accuracy, other notes right
-    assert low < 0 < high and verdict("a", "b", low, high).startswith("no clear difference")
+    better, worse = draws(rng, 0.7), draws(rng, 0.4)
+    c = paired_comparison(better, worse)
+    assert c["difference"] == pytest.approx(better.mean() - worse.mean()) and 0 < c["low"] < c["difference"] < c["high"]
+    assert c["half_width"] == pytest.approx((c["high"] - c["low"]) / 2)
+    assert verdict("music", "speech", c["low"], c["high"]) == "music is ahead"
+    assert verdict("speech", "music", -c["high"], -c["low"]) == "music is ahead"
+    same = draws(rng, 0.5)
+    c = paired_comparison(same, np.roll(same, 1, axis=2))  # same accuracy, other notes right
+    assert c["low"] < 0 < c["high"] and verdict("a", "b", c["low"], c["high"]).startswith("no clear difference")
 
 
 def test_pairing_keeps_each_notes_answers_together():
-    """Ten notes lost in every seed by one arm, the other 190 answered alike: a small gap, but a clear one."""
+    """Ten notes lost in every run by one arm, the other 190 answered alike: a small gap, but a clear one."""
     notes = 200
     hard = np.arange(notes) < 100
-    first = np.tile(~hard, (3, 1)).astype(float)
+    first = np.tile(~hard, (2, 2, 1)).astype(float)
     second = first.copy()
-    second[:, 100:110] = 0  # 10 easy notes lost: 5 points, on the same notes in every seed
-    difference, low, high = paired_bootstrap(first, second)
-    assert abs(difference - 0.05) < 1e-12 and 0 < low < 0.05 < high
+    second[:, :, 100:110] = 0  # 10 easy notes lost: 5 points, on the same notes in every run
+    c = paired_comparison(first, second)
+    assert c["difference"] == pytest.approx(0.05) and 0 < c["low"] < 0.05 < c["high"]
+
+
+def test_a_pretraining_run_that_differs_widens_the_interval_and_is_named_as_the_source():
+    """Two arms equal on average; one arm's two pretraining runs are far apart. Notes and seeds alone would call
+    it; the interval over pretraining runs must not."""
+    rng = np.random.default_rng(2)
+    notes = 600
+    truth = rng.random(notes) < 0.5
+    first = np.stack([np.tile(truth, (2, 1)), np.tile(truth, (2, 1))]).astype(float)
+    first[1, :, :120] = 0  # the second pretraining run loses about 60 notes: 10 points
+    second = np.tile(truth, (2, 2, 1)).astype(float)
+    second[:, :, 120:180] = 0  # every run of the other arm loses about 30: 5 points, the first arm's average
+    c = paired_comparison(first, second)
+    notes_only = np.percentile(hierarchical_bootstrap(first, second, ("notes",)), [2.5, 97.5])
+    assert c["high"] - c["low"] > 2 * (notes_only[1] - notes_only[0])
+    assert max(c["level_std"], key=c["level_std"].get) == "pretraining"
+    assert c["level_std"]["finetuning"] == 0.0  # the seeds of a run answer alike here
+
+
+def test_each_level_alone_resamples_only_that_level():
+    rng = np.random.default_rng(3)
+    first, second = draws(rng, 0.6), draws(rng, 0.5)
+    observed = first.mean() - second.mean()
+    for level in LEVELS:
+        resampled = hierarchical_bootstrap(first, second, (level,), resamples=2000)
+        assert resampled.std() > 0 and abs(resampled.mean() - observed) < 0.02
+    constant = np.tile(first[:1, :1], (2, 2, 1))  # every run of the arm answers alike
+    for level in ("pretraining", "finetuning"):
+        assert np.all(hierarchical_bootstrap(constant, constant, (level,), resamples=100) == 0.0)
+
+
+def test_arms_with_other_run_counts_compare_on_the_same_notes():
+    rng = np.random.default_rng(4)
+    checkpoint = draws(rng, 0.5, runs=1)
+    c = paired_comparison(draws(rng, 0.5), checkpoint)
+    assert c["low"] < c["high"]
+    with pytest.raises(ValueError, match="300 and 299 test notes"):
+        paired_comparison(draws(rng, 0.5), draws(rng, 0.5, notes=299))
 
 
 def test_comparisons_cover_every_pair_and_head():
     rng = np.random.default_rng(1)
-    correct = {arm: {head: (rng.random((2, 50)) < 0.5).astype(float) for head in ("pitch", "instrument")}
+    correct = {arm: {head: draws(rng, 0.5, notes=50) for head in ("pitch", "instrument")}
                for arm in ("music", "speech", "random")}
-    rows = [{"init": arm, **{head: {"std": 0.01} for head in ("pitch", "instrument")}} for arm in correct]
-    pairs = {(c["first"], c["second"], c["head"]) for c in paired_comparisons(correct, rows)}
+    pairs = {(c["first"], c["second"], c["head"]) for c in paired_comparisons(correct)}
     assert pairs == {(a, b, h) for a, b in (("music", "speech"), ("music", "random"), ("speech", "random"))
                      for h in ("pitch", "instrument")}
 
 
-def test_accuracy_table_lists_seeds_and_chance():
-    rows = accuracy_rows({"music": runs([0.5, 0.7], [0.3, 0.5])})
+def test_accuracy_table_lists_every_run_by_pretraining_run_and_chance():
+    rows = accuracy_rows({"music": runs([[0.5, 0.7], [0.6, 0.6]], [[0.3, 0.5], [0.4, 0.4]])})
+    assert rows[0]["pitch"]["network_means"] == pytest.approx([0.6, 0.6])
     table = accuracy_table(rows, {"pitch": 0.125, "instrument": 0.1})
-    assert "| music | 2 | 0.600 ± 0.141 | 0.400 ± 0.141 | 0.500, 0.700 | 0.300, 0.500 |" in table
+    assert "| music | 2 x 2 | 0.600 ± 0.082 | 0.400 ± 0.082 | 0.500, 0.700; 0.600, 0.600 | 0.300, 0.500; 0.400, 0.400 |" in table
     assert "| most frequent test class | - | 0.125 | 0.100 | | |" in table
+
+
+def test_the_first_difference_is_named_and_the_run_part_is_left_out():
+    recorded = {"settings": {"seeds": [0, 1]}, "accuracy": [{"pitch": {"mean": 0.25}}], "run": {"date": "a"}}
+    same = json.loads(json.dumps(recorded))
+    same["run"] = {"date": "b", "stage_seconds": {"wall": 3.0}}
+    assert first_difference(recorded, same) is None
+    moved = json.loads(json.dumps(recorded))
+    moved["accuracy"][0]["pitch"]["mean"] = 0.2500001
+    assert first_difference(recorded, moved) == "results.accuracy[0].pitch.mean: recorded 0.25, now 0.2500001"
+    fewer = json.loads(json.dumps(recorded))
+    fewer["settings"]["seeds"] = [0]
+    assert first_difference(recorded, fewer) == "results.settings.seeds: 2 entries recorded, 1 now"
+    assert first_difference(recorded, {**recorded, "extra": 1}) == ("results.extra: now present, not in the "
+                                                                   "recorded results")
+
+
+def test_a_readme_without_its_generated_section_is_refused():
+    with pytest.raises(ValueError, match="exactly one generated Results section"):
+        replace_readme_results("# no markers\n", {})
+    with pytest.raises(ValueError, match="exactly one generated Results section"):
+        replace_readme_results(f"{README_BEGIN}\n{README_END}\n{README_BEGIN}\n{README_END}\n", {})
 
 
 def test_read_jsonl_of_a_missing_log_is_empty(tmp_path):
