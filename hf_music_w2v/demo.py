@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .atomic import staged_directory, write_text_atomic
+from .report import CHECKPOINT, MUSIC, RANDOM, SPEECH
 from .training.launch import launch_command, launch_environment
 from .training.layout import HEADS, RunLayout
 
@@ -49,7 +50,6 @@ PITCH_GRID = tuple(p for p in range(21, 109) if p % 12 in (0, 7))
 #: The training recipes the demo can run (packaged `recipes/{pretrain,finetune}-<name>.json`).
 RECIPES = ("mini", "paper")
 
-MUSIC, SPEECH, RANDOM, CHECKPOINT = "music-pretrained", "speech-pretrained", "random init", "speech checkpoint"
 RUN_NAMES = {MUSIC: "music", SPEECH: "speech", RANDOM: "random", CHECKPOINT: "checkpoint"}
 #: The pretrainings the demo runs itself, and the data flag each gives `hf-music-w2v pretrain`.
 PRETRAINED = (MUSIC, SPEECH)

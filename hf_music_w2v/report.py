@@ -11,6 +11,8 @@ import numpy as np
 
 from .training.layout import HEAD_TITLES, HEADS, result_key
 
+#: The demo's arms: how each network it fine-tunes and probes came to be.
+MUSIC, SPEECH, RANDOM, CHECKPOINT = "music-pretrained", "speech-pretrained", "random init", "speech checkpoint"
 #: The levels of randomness in a comparison, outermost first: which pretraining run, which fine-tuning seed,
 #: which test notes.
 LEVELS = ("pretraining", "finetuning", "notes")
@@ -231,9 +233,6 @@ def first_difference(recorded, measured, path: str = "results") -> str | None:
     return None if recorded == measured else f"{path}: recorded {recorded!r}, now {measured!r}"
 
 
-MUSIC_ARM, SPEECH_ARM = "music-pretrained", "speech-pretrained"
-
-
 def _arm_mean(results: dict, arm: str, key: str) -> float:
     return float(np.mean([results["codebook"][name][key] for name in results["networks"][arm]]))
 
@@ -242,9 +241,9 @@ def claim_lines(results: dict) -> list[str]:
     """The paper's two claims against the run's figures, each with the verdict the figures allow."""
     lines = []
     for c in results["comparisons"]:
-        if {c["first"], c["second"]} != {MUSIC_ARM, SPEECH_ARM}:
+        if {c["first"], c["second"]} != {MUSIC, SPEECH}:
             continue
-        sign = 1 if c["first"] == MUSIC_ARM else -1
+        sign = 1 if c["first"] == MUSIC else -1
         low, high = sorted((sign * c["low"], sign * c["high"]))
         if low > 0:
             state = "agrees: the music-pretrained model is ahead"
@@ -255,12 +254,12 @@ def claim_lines(results: dict) -> list[str]:
         lines.append(f"- *Music pretraining beats speech pretraining on {HEAD_TITLES[c['head']]}*: music - speech = "
                      f"{100 * sign * c['difference']:+.1f} points, 95% interval [{100 * low:+.1f}, {100 * high:+.1f}] "
                      f"over pretraining runs, fine-tuning seeds and {c['notes']} test notes; the miniature {state}.")
-    if MUSIC_ARM in results["networks"]:
+    if MUSIC in results["networks"]:
         for kind, title in (("pitch", "pitch"), ("family", "instrument family")):
-            value = _arm_mean(results, MUSIC_ARM, f"{kind}_nmi")
-            floor = _arm_mean(results, MUSIC_ARM, f"{kind}_nmi_shuffled")
+            value = _arm_mean(results, MUSIC, f"{kind}_nmi")
+            floor = _arm_mean(results, MUSIC, f"{kind}_nmi_shuffled")
             others = ", ".join(f"{arm} {_arm_mean(results, arm, f'{kind}_nmi'):.3f}"
-                               for arm in results["networks"] if arm != MUSIC_ARM)
+                               for arm in results["networks"] if arm != MUSIC)
             state = "above" if value > floor else "not above"
             lines.append(f"- *The music model's codes encode {title}*: NMI {value:.3f} (mean over its pretraining "
                          f"runs), {state} its shuffled-label floor {floor:.3f} (other networks: {others}).")
@@ -271,7 +270,7 @@ def resolution_lines(results: dict) -> list[str]:
     """Per head, the smallest difference the design resolves: the half-width of the music - speech interval."""
     lines = []
     for c in results["comparisons"]:
-        if {c["first"], c["second"]} == {MUSIC_ARM, SPEECH_ARM}:
+        if {c["first"], c["second"]} == {MUSIC, SPEECH}:
             shares = level_shares(c["level_std"])
             largest = max(shares, key=shares.get)
             lines.append(f"- {HEAD_TITLES[c['head']]}: differences of about {100 * c['half_width']:.1f} points or more "
