@@ -366,7 +366,10 @@ def add_inference_arguments(parser: argparse.ArgumentParser, precision: str) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="hf-music-w2v", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"hf-music-w2v {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for program, text in (("pretrain", "wav2vec 2.0 pretraining on MusicNet (see `hf-music-w2v pretrain --help`)"),
                           ("finetune", "fine-tuning on NSynth pitch and instrument family (see `... finetune --help`)")):

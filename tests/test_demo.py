@@ -125,7 +125,7 @@ def test_report_table_is_the_runs_test_accuracy(demo):
     assert re.search(r"\*Music pretraining beats speech pretraining on pitch\*: music - speech = [+-][0-9.]+ points, "
                      rf"95% interval \[[+-][0-9.]+, [+-][0-9.]+\] over pretraining runs, fine-tuning seeds and "
                      rf"{TEST_NOTES} test notes", report)
-    assert re.search(r"- pitch: differences of about [0-9.]+ points or more are resolved", report)
+    assert re.search(r"- pitch: differences of about [0-9.]+ points or more are resolved \(the half-width", report)
 
 
 def test_paired_comparisons_are_the_runs_own_predictions_bootstrapped_over_every_level(demo):

@@ -173,6 +173,11 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, pretrain_args):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"took over the lock of {tmp_path / 'out'} from a run that is gone (pid {holder.pid} " in result.stdout
     assert RunLayout(tmp_path / "out").is_finished()
+    # That run ended cleanly, and so does one that finds nothing to do: neither is reported as gone.
+    for _ in range(2):
+        again = program("pretrain", pretrain_args(tmp_path / "out", 4, "--resume_from_checkpoint", "latest"))
+        assert again.returncode == 0 and "holds a finished run" in again.stdout
+        assert "took over the lock" not in again.stdout
 
 
 @pytest.mark.slow

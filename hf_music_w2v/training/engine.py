@@ -264,8 +264,17 @@ def claim_output_dir(accelerator, layout: RunLayout, task: TrainingTask) -> None
 
 def train(task: TrainingTask) -> int:
     """Run `task` from start (or its checkpoint) to its results; returns the exit status."""
+    layout = RunLayout(task.run.output_dir)
+    try:
+        return train_in(task, layout)
+    finally:
+        # Released cleanly, the lock names no holder, so only a run that died holding it is reported as gone.
+        layout.unlock()
+
+
+def train_in(task: TrainingTask, layout: RunLayout) -> int:
+    """`train`, with the output folder's layout (whose lock `train` releases however this ends)."""
     run = task.run
-    layout = RunLayout(run.output_dir)
     keep_freed_memory()  # audio buffers and activations are reused, not page-faulted in afresh (allocator.py)
 
     # Model first, right after the seed: the initial weights are the same on every process and every resume.
@@ -420,7 +429,6 @@ def train(task: TrainingTask) -> int:
             task.push(layout, state)
         accelerator.print(f"saved the {task.name} output to {layout.root}")
     accelerator.end_training()
-    layout.unlock()
     return 0
 
 

@@ -111,7 +111,10 @@ class RunLayout:
         return previous
 
     def unlock(self) -> None:
+        """Release the lock, emptying the holder line first: the next run then knows this one ended cleanly."""
         if self._lock_handle is not None:
+            self._lock_handle.truncate(0)
+            self._lock_handle.flush()
             self._lock_handle.close()
             self._lock_handle = None
 
