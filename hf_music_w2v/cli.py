@@ -26,6 +26,7 @@ from transformers.utils import logging
 from . import demo as demo_module
 from . import probing as probing_module
 from .demo import Demo, DemoError, add_demo_arguments
+from .errors import report_user_errors
 from .modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification
 from .precision import PRECISIONS, resolve_precision
 from .training.launch import PROGRAMS, launch
@@ -49,6 +50,9 @@ def run_results(args: argparse.Namespace) -> int:
     from . import report
     from .atomic import write_text_atomic
 
+    if args.check and not args.readme:
+        print("error: --check compares a README with the results: give --readme README.md too", file=sys.stderr)
+        return 2
     try:
         results = report.load_results(args.results)
         if not args.readme:
@@ -445,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("predict", "embed"):
         check_inference_arguments(parser, args)
     args.invocation = shlex.join(["hf-music-w2v", *argv])
-    return args.handler(args)
+    return report_user_errors(lambda: args.handler(args))
 
 
 if __name__ == "__main__":

@@ -216,10 +216,15 @@ class Demo:
         """Training output to the terminal too: only when one run goes at a time, so that it reads."""
         return not self.args.quiet and self.args.jobs == 1
 
+    @property
+    def threads_per_run(self) -> int:
+        """CPU threads of each training run: the cores shared out between --jobs runs (a count that can move the
+        figures, so results.json records it)."""
+        return max(1, torch.get_num_threads() // self.args.jobs)
+
     def launch(self, program: str, arguments: list[str]) -> list[str]:
         """The `accelerate launch` command of a training run; with --jobs N the CPU's cores are shared out."""
-        threads = max(1, torch.get_num_threads() // self.args.jobs)
-        return launch_command(program, arguments, self.args.accelerate_config, cpu_threads=threads)
+        return launch_command(program, arguments, self.args.accelerate_config, cpu_threads=self.threads_per_run)
 
     # Stage 1: data.
     def render_data(self) -> None:
@@ -398,8 +403,9 @@ class Demo:
         self.state.settings = self.settings
         self.state.write(self.state_path)
         start = self.started = time.perf_counter()
-        stages = [(f"[{number}/{len(self.stages())}] {name}", done, work, name)
-                  for number, (name, done, work) in enumerate(self.stages(), 1)]
+        planned = self.stages()
+        stages = [(f"[{number}/{len(planned)}] {name}", done, work, name)
+                  for number, (name, done, work) in enumerate(planned, 1)]
         # Training runs of one kind (the pretrainings, the fine-tunings) are independent: --jobs of them at once.
         for _, group in itertools.groupby(stages, key=lambda stage: stage[3].split(" ")[0]):
             self.run_together(list(group))
@@ -484,13 +490,19 @@ class Demo:
         first = finetuned[MUSIC][0][0]
         test = load_nsynth(self.nsynth_dir, "test", cache_dir=self.out / "cache")
         correct = {}
+        notes = None
         for init in self.inits:
             per_head = {head: [] for head in HEADS}
             for network in self.networks[init]:
                 predictions = [json.loads((self.run_dir(network, s) / "test_predictions.json").read_text())
                                for s in self.args.seeds]
                 for head in HEADS:
-                    per_head[head].append(report.note_correctness(predictions, head)[1])
+                    names, answers = report.note_correctness(predictions, head)
+                    notes = names if notes is None else notes
+                    if names != notes:
+                        raise DemoError(f"{self.run_dir(network, self.args.seeds[0])} was scored on other test "
+                                        "notes than the other runs; the comparisons pair notes, so they must match")
+                    per_head[head].append(answers)
             correct[init] = {head: np.stack(values) for head, values in per_head.items()}
         probes = {}
         for network in self.all_networks():
@@ -510,6 +522,9 @@ class Demo:
         rendered = not (self.args.musicnet_dir or self.args.nsynth_dir)
         return {
             "settings": self.settings,
+            # How the work was split: the thread counts can change float rounding, so they are compared too.
+            "execution": {"jobs": self.args.jobs, "threads_per_training_run": self.threads_per_run,
+                          "threads_of_probes_and_codebook": torch.get_num_threads()},
             "precision": {"training": f"{TRAINING_PRECISION} autocast", "analysis": "fp32"},
             "data": {"source": "rendered by the demo in the official layouts" if rendered else "given by path",
                      "train_notes": first["train_notes"], "valid_notes": first["valid_notes"],
@@ -538,7 +553,7 @@ class Demo:
                                                 + time.perf_counter() - self.started},
                              "machine": machine_description(), "command": self.args.invocation,
                              "commit": source_commit(), "date": time.strftime("%Y-%m-%d"),
-                             "output_dir": str(self.out), "jobs": self.args.jobs},
+                             "output_dir": str(self.out)},
         }
 
 
@@ -631,7 +646,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds rendered of each mini-MusicNet score (default 120)")
     parser.add_argument("--codebook_max_notes", type=int, default=2000, help="NSynth notes in the codebook analysis")
     parser.add_argument("--jobs", type=int, default=default_jobs(),
-                        help="training runs at a time (the two pretrainings, then the fine-tunings); on a CPU the "
+                        help="training runs at a time (the pretrainings, then the fine-tunings); on a CPU the "
                              "cores are shared out between them. Default: 1 with a GPU, else up to 4, one per core "
                              f"(here {default_jobs()}); two 1-thread runs beat two 2-thread runs in turn by 1.33x "
                              "on 2 cores (BENCHMARKS.md)")

@@ -47,7 +47,7 @@ def plot_pretraining(rows: list[dict], path: str | os.PathLike, num_groups: int)
 
 
 def plot_finetuning(runs: dict[str, list[list[dict]]], path: str | os.PathLike) -> Path:
-    """Per initialisation: training loss against updates and valid accuracies against epochs, one line per seed."""
+    """Per initialisation: training loss against updates and valid accuracies against epochs, one line per run."""
     plt = pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     colors = dict(zip(runs, PALETTE))

@@ -71,13 +71,26 @@ def note_correctness(predictions: list[dict], head: str) -> tuple[list[str], np.
     return names, np.array([np.equal(run[head]["predicted"], run[head]["label"]) for run in predictions], dtype=float)
 
 
+def widened_deviations(correct: np.ndarray) -> np.ndarray:
+    """`correct` with each run's deviation from the arm's mean scaled by sqrt(R / (R - 1)), and each seed's from its
+    run's mean by sqrt(S / (S - 1)): the same mean, and a bootstrap over R runs (S seeds) then gives the unbiased
+    variance of their mean, s^2 / R, instead of (R - 1) / R of it (2/3 with three pretraining runs)."""
+    runs, seeds, _ = correct.shape
+    run_means = correct.mean(axis=1, keepdims=True)
+    arm_mean = run_means.mean(axis=0, keepdims=True)
+    run_scale = np.sqrt(runs / (runs - 1)) if runs > 1 else 1.0
+    seed_scale = np.sqrt(seeds / (seeds - 1)) if seeds > 1 else 1.0
+    return arm_mean + run_scale * (run_means - arm_mean) + seed_scale * (correct - run_means)
+
+
 def _resampled_note_accuracy(correct: np.ndarray, levels: Sequence[str], resamples: int,
                              rng: np.random.Generator) -> np.ndarray:
     """`[resample, note]`: an arm's per-note accuracy over its runs, with pretraining runs and/or seeds resampled.
 
     `correct` is `[pretraining run, fine-tuning seed, note]`. Pretraining runs are drawn with replacement, then
     each drawn run's seeds with replacement (the levels not in `levels` are kept as they are); the result is the
-    mean over the drawn (run, seed) pairs, computed as counts of each pair times the data.
+    mean over the drawn (run, seed) pairs, computed as the count of each pair times its (widened) answers. The
+    sum runs pair by pair, without BLAS, so the figures do not depend on how a library splits the work.
     """
     runs, seeds, notes = correct.shape
     rows = np.arange(resamples)[:, None, None]
@@ -87,7 +100,11 @@ def _resampled_note_accuracy(correct: np.ndarray, levels: Sequence[str], resampl
                    else np.broadcast_to(np.arange(seeds), (resamples, runs, seeds)))
     counts = np.zeros((resamples, runs * seeds))
     np.add.at(counts, (rows, drawn_runs[:, :, None] * seeds + drawn_seeds), 1.0)
-    return counts @ correct.reshape(runs * seeds, notes) / (runs * seeds)
+    answers = widened_deviations(correct).reshape(runs * seeds, notes)
+    total = np.zeros((resamples, notes))
+    for pair in range(runs * seeds):
+        total += counts[:, pair, None] * answers[pair]
+    return total / (runs * seeds)
 
 
 def hierarchical_bootstrap(first: np.ndarray, second: np.ndarray, levels: Sequence[str] = LEVELS,
@@ -97,7 +114,10 @@ def hierarchical_bootstrap(first: np.ndarray, second: np.ndarray, levels: Sequen
     `first` and `second` are `[pretraining run, fine-tuning seed, note]` correctness. Each resample draws, per
     arm, its pretraining runs with replacement, then within each drawn run its fine-tuning seeds, and then the
     test notes with replacement, the same notes for both arms (so each note's pair of answers stays together).
-    Levels left out of `levels` are not resampled, which measures what one level alone contributes.
+    Levels left out of `levels` are not resampled, which measures what one level alone contributes. Runs and
+    seeds are drawn for each arm on its own, not paired by seed across arms: wider than a paired draw where arms
+    share starting weights, and valid where they do not. Deviations are widened first (`widened_deviations`)
+    so that three runs are not taken for a population.
     """
     if first.shape[2] != second.shape[2]:
         raise ValueError(f"the arms were scored on {first.shape[2]} and {second.shape[2]} test notes")
@@ -376,7 +396,10 @@ def load_results(path) -> dict:
         results = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: not a readable demo results.json ({error})") from None
-    missing = [key for key in ("settings", "accuracy", "comparisons", "codebook", RUN_KEY) if key not in results]
+    missing = [key for key in ("settings", "execution", "accuracy", "comparisons", "codebook", RUN_KEY)
+               if key not in results]
+    missing += [f"{RUN_KEY}.{key}" for key in ("stage_seconds", "machine", "command", "commit", "date", "output_dir")
+                if key not in results.get(RUN_KEY, {})]
     if missing:
         raise ValueError(f"{path}: not a demo results.json of this version (no {', '.join(missing)})")
     return results
@@ -393,7 +416,7 @@ def render_report(results: dict) -> str:
         "",
         f"`{run['command']}` on {run['machine']}; {run['stage_seconds'].get('wall', 0.0) / 60:.1f} min of stages "
         f"(pretraining {minutes['pretrain']:.1f} and fine-tuning {minutes['finetune']:.1f} min summed over runs, "
-        f"which --jobs {run['jobs']} ran that many at a time).",
+        f"which --jobs {results['execution']['jobs']} ran that many at a time).",
         "",
         "Everything below was measured in this run; the figures are in `figures/`, the numbers in `results.json` "
         "(`hf-music-w2v results results.json` prints them as the README shows them), each training run's own "

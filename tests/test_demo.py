@@ -16,8 +16,6 @@ from hf_music_w2v.presets import preset_config
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ARMS = {"music": "music-pretrained", "speech": "speech-pretrained", "random": "random init",
-        "checkpoint": "speech checkpoint"}
 #: The fixture's networks: two pretraining seeds per pretrained arm, their starting points, the user's checkpoint.
 NETWORKS = {"music-pretrained": ["music-p0", "music-p1"], "speech-pretrained": ["speech-p0", "speech-p1"],
             "random init": ["random-p0", "random-p1"], "speech checkpoint": ["checkpoint"]}
@@ -401,7 +399,7 @@ def test_training_runs_are_launched_for_this_machine(monkeypatch):
     monkeypatch.setattr(launch.torch.cuda, "is_available", lambda: False)
     config = str(REPO / "training" / "accelerate_configs" / "cpu_2proc.yaml")
     command = launch.launch_command("pretrain", ["--x"], config)
-    assert command[1:5] == ["-m", "accelerate.commands.launch", "--config_file", config]
+    assert command[1:5] == ["-m", "hf_music_w2v.training.launch", "--config_file", config]
     assert command[-3:] == ["-m", "hf_music_w2v.training.pretrain", "--x"]
     # A multi-process config goes through torchrun, which joins CPU processes only with ACCELERATE_USE_CPU.
     assert launch.launch_environment()["ACCELERATE_USE_CPU"] == "true"

@@ -86,8 +86,10 @@ def test_each_level_alone_resamples_only_that_level():
         resampled = hierarchical_bootstrap(first, second, (level,), resamples=2000)
         assert resampled.std() > 0 and abs(resampled.mean() - observed) < 0.02
     constant = np.tile(first[:1, :1], (2, 2, 1))  # every run of the arm answers alike
+    other = np.tile(second[:1, :1], (2, 2, 1))
     for level in ("pretraining", "finetuning"):
-        assert np.all(hierarchical_bootstrap(constant, constant, (level,), resamples=100) == 0.0)
+        resampled = hierarchical_bootstrap(constant, other, (level,), resamples=100)
+        assert np.allclose(resampled, constant.mean() - other.mean(), atol=1e-12)
 
 
 def test_arms_with_other_run_counts_compare_on_the_same_notes():
@@ -151,3 +153,29 @@ def test_pretraining_plot_is_written_atomically_as_png(tmp_path):
     path = plot_pretraining(rows, tmp_path / "figures" / "pretraining.png", num_groups=2)
     assert path.read_bytes()[:4] == b"\x89PNG"
     assert [p.name for p in path.parent.iterdir()] == ["pretraining.png"]
+
+
+def test_the_resampled_mean_is_the_mean_over_drawn_runs_and_seeds():
+    """The count-matrix sum, against drawing the same runs and seeds one by one."""
+    from hf_music_w2v.report import _resampled_note_accuracy, widened_deviations
+
+    rng = np.random.default_rng(5)
+    correct = draws(rng, 0.5, runs=3, seeds=2, notes=40)
+    fast = _resampled_note_accuracy(correct, LEVELS, 50, np.random.default_rng(9))
+    replay = np.random.default_rng(9)
+    drawn_runs = replay.integers(0, 3, (50, 3))
+    drawn_seeds = replay.integers(0, 2, (50, 3, 2))
+    widened = widened_deviations(correct)
+    slow = np.array([np.mean([widened[p, drawn_seeds[r, slot, k]] for slot, p in enumerate(drawn_runs[r])
+                              for k in range(2)], axis=0) for r in range(50)])
+    np.testing.assert_allclose(fast, slow, atol=1e-12)
+
+
+def test_widened_deviations_keep_the_mean_and_give_the_unbiased_variance_of_three_runs():
+    from hf_music_w2v.report import widened_deviations
+
+    run_effects = np.array([0.0, 0.1, 0.2])
+    correct = np.broadcast_to(run_effects[:, None, None], (3, 2, 1)).copy()
+    assert widened_deviations(correct).mean() == pytest.approx(correct.mean())
+    resampled = hierarchical_bootstrap(correct, np.zeros_like(correct), ("pretraining",), resamples=20_000)
+    assert resampled.var() == pytest.approx(run_effects.var(ddof=1) / 3, rel=0.05)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from ..errors import SettingsError
+
 
 def option(default, help: str, **extra):
     return field(default=default, metadata={"help": help, **extra})
@@ -104,9 +106,9 @@ def recipe_flags(path: Path) -> list[str]:
     try:
         options = json.loads(Path(path).read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"recipe {path}: not valid JSON ({error})") from None
+        raise SettingsError(f"recipe {path}: not valid JSON ({error})") from None
     if not isinstance(options, dict):
-        raise ValueError(f"recipe {path}: expected a JSON object of option names and values")
+        raise SettingsError(f"recipe {path}: expected a JSON object of option names and values")
     flags = []
     for name, value in options.items():
         if name.startswith("_"):  # "_comment" keys explain the recipe

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from ..allocator import keep_freed_memory
+from ..errors import SettingsError
 from ..precision import bf16_is_native
 from .arguments import OPERATIONAL, RunArguments
 from .checkpoints import TrainerState, params_finite, reset_metrics_log, restore_checkpoint, save_checkpoint
@@ -58,7 +59,7 @@ class UpdateBatchSampler(Sampler[list[int]]):
         per_update = batch_size * num_processes * accumulation_steps
         self.micro_batches = (num_examples // per_update) * accumulation_steps
         if self.micro_batches == 0:
-            raise ValueError(
+            raise SettingsError(
                 f"{num_examples} training examples are fewer than one update needs ({per_update} = batch size "
                 f"{batch_size} x {num_processes} processes x {accumulation_steps} accumulation steps)"
             )
@@ -262,6 +263,24 @@ def claim_output_dir(accelerator, layout: RunLayout, task: TrainingTask) -> None
         raise SystemExit(f"error: {message}")
 
 
+#: The trackers `--report_to` takes, and the package each needs.
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def check_trackers(report_to: str | list) -> None:
+    """`--report_to`: a known tracker whose package is installed, before any work starts."""
+    import importlib.util
+
+    names = list(TRACKERS) if report_to == "all" else [report_to] if isinstance(report_to, str) else report_to
+    for name in names:
+        if name not in TRACKERS:
+            raise SettingsError(f"--report_to {name}: not a tracker this package logs to (one of "
+                                f"{', '.join(TRACKERS)}, all or none)")
+        if report_to != "all" and importlib.util.find_spec(TRACKERS[name]) is None:
+            raise SettingsError(f"--report_to {name}: the {TRACKERS[name]} package is not installed (pip install "
+                                f"{TRACKERS[name]}, or --report_to none)")
+
+
 def train(task: TrainingTask) -> int:
     """Run `task` from start (or its checkpoint) to its results; returns the exit status."""
     layout = RunLayout(task.run.output_dir)
@@ -281,6 +300,7 @@ def train_in(task: TrainingTask, layout: RunLayout) -> int:
     torch.manual_seed(run.seed)
     model = task.build_model()
     report_to = [] if run.report_to == "none" else run.report_to
+    check_trackers(report_to)
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
     # Recorded resolved in run_settings.json, so a resume where "auto" means something else is refused, not mixed.
     run.mixed_precision = resolve_mixed_precision(run.mixed_precision, use_cpu)

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset as TorchDataset
 from ..atomic import atomic_path, write_text_atomic
 from ..configuration_music_wav2vec2 import MusicWav2Vec2Config
 from ..data.nsynth import COLLATED_COLUMNS, collate_notes
+from ..errors import naming
 from ..export import export_widget_models
 from ..fingerprints import fingerprint_matches, notes_digest, weights_digest
 from ..hub import (
@@ -286,9 +287,11 @@ class FinetuneTask(TrainingTask):
 
     def build_model(self):
         args = self.args
-        model = build_classifier(args.model_name_or_path, args.random_init, pitch_loss_weight=args.pitch_loss_weight,
-                                 instrument_loss_weight=args.instrument_loss_weight,
-                                 final_dropout=args.final_dropout, mask_time_prob=args.mask_time_prob)
+        with naming("--model_name_or_path", args.model_name_or_path):
+            model = build_classifier(args.model_name_or_path, args.random_init,
+                                     pitch_loss_weight=args.pitch_loss_weight,
+                                     instrument_loss_weight=args.instrument_loss_weight,
+                                     final_dropout=args.final_dropout, mask_time_prob=args.mask_time_prob)
         if args.freeze_base_model:
             model.freeze_base_model()
         elif args.freeze_feature_encoder:
@@ -519,4 +522,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..errors import report_user_errors
+    from .launch import INTERRUPTED
+
+    raise SystemExit(report_user_errors(main, INTERRUPTED))

@@ -1,16 +1,26 @@
 """Starting the training programs under accelerate's launcher: `hf-music-w2v pretrain|finetune [--num_processes N]`.
 
 The programs are package modules, so an installed package trains without a checkout:
-`python -m accelerate.commands.launch [launcher options] -m hf_music_w2v.training.pretrain ARGS`.
+`python -m hf_music_w2v.training.launch [accelerate launcher options] -m hf_music_w2v.training.pretrain ARGS`
+runs accelerate's launcher in-process and turns a failed run into its exit status (the program has printed
+its own `error:` line) instead of accelerate's `CalledProcessError` traceback; a run the kernel killed is
+named as such, with what to try.
 """
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 
 import torch
 
 PROGRAMS = {"pretrain": "hf_music_w2v.training.pretrain", "finetune": "hf_music_w2v.training.finetune"}
+#: This module, run as the launcher (`python -m`).
+LAUNCHER = "hf_music_w2v.training.launch"
+#: What a training run interrupted by Ctrl-C says.
+INTERRUPTED = ("interrupted: completed checkpoints are kept; the same command with --resume_from_checkpoint latest "
+               "continues the run")
 
 
 def launch_command(program: str, program_args: list[str], accelerate_config: str | None = None,
@@ -21,7 +31,7 @@ def launch_command(program: str, program_args: list[str], accelerate_config: str
     one: `num_processes` local processes (default 1) on the GPUs if there are any, else on the CPU, with
     `cpu_threads` threads in all (default: this process's torch thread count) shared out between them.
     """
-    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    command = [sys.executable, "-m", LAUNCHER]
     if accelerate_config:
         command += ["--config_file", accelerate_config]
         if num_processes:
@@ -73,4 +83,41 @@ def launch(program: str, argv: list[str]) -> int:
     os.execvpe(command[0], command, launch_environment())
 
 
-__all__ = ["PROGRAMS", "launch", "launch_command", "launch_environment"]
+def exit_status(code: int) -> int:
+    """The launcher's exit status for a child's return code, saying why when a signal ended the child."""
+    if code >= 0:
+        return code
+    number = -code
+    reason = "most likely out of memory" if number == signal.SIGKILL else signal.Signals(number).name
+    print(f"error: the training process was killed by signal {number} ({reason}). Completed checkpoints are kept "
+          "(--resume_from_checkpoint latest continues from the newest). With too little memory, try a smaller "
+          "--per_device_train_batch_size (with --gradient_accumulation_steps to keep the update's size), shorter "
+          "crops, or --recipe mini", file=sys.stderr)
+    return 128 + number
+
+
+def run_launcher(launcher_args: list[str]) -> int:
+    """accelerate's `launch` with `launcher_args`, a failed run reported by its exit status, not a traceback."""
+    from accelerate.commands.launch import launch_command as accelerate_launch
+    from accelerate.commands.launch import launch_command_parser
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = launch_command_parser().parse_args(launcher_args)
+    try:
+        accelerate_launch(args)
+    except KeyboardInterrupt:
+        # Ctrl-C reached the training processes too (one process group): they say what happened.
+        return 130
+    except subprocess.CalledProcessError as error:
+        return exit_status(error.returncode)
+    except ChildFailedError as error:
+        codes = [failure.exitcode for failure in error.failures.values()]
+        return exit_status(min(codes) if any(code < 0 for code in codes) else max(codes))
+    return 0
+
+
+__all__ = ["PROGRAMS", "exit_status", "launch", "launch_command", "launch_environment", "run_launcher"]
+
+
+if __name__ == "__main__":
+    sys.exit(run_launcher(sys.argv[1:]))

@@ -22,6 +22,7 @@ from accelerate.logging import get_logger
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 from ..audio import SAMPLING_RATE, normalize_audio
+from ..errors import naming
 from ..hub import music_feature_extractor, push_folder, save_pretrained_into, write_model_card
 from ..presets import load_wav2vec2_config
 from .arguments import RunArguments, option, parse_arguments, settings_of
@@ -305,7 +306,9 @@ PRETRAIN_DEFAULTS = dict(per_device_train_batch_size=8, learning_rate=5e-4, adam
 
 
 def build_config(args: PretrainArguments) -> Wav2Vec2Config:
-    config = load_wav2vec2_config(args.init_from or args.config_name)
+    option = "--init_from" if args.init_from else "--config_name"
+    with naming(option, args.init_from or args.config_name):
+        config = load_wav2vec2_config(args.init_from or args.config_name)
     for name in ("mask_time_prob", "mask_time_length", "mask_time_min_masks", "num_negatives",
                  "contrastive_logits_temperature", "diversity_loss_weight"):
         setattr(config, name, getattr(args, name))
@@ -347,7 +350,8 @@ class PretrainTask(TrainingTask):
 
     def build_model(self):
         if self.args.init_from:
-            model = Wav2Vec2ForPreTraining.from_pretrained(self.args.init_from, config=self.config)
+            with naming("--init_from", self.args.init_from):
+                model = Wav2Vec2ForPreTraining.from_pretrained(self.args.init_from, config=self.config)
         else:
             model = Wav2Vec2ForPreTraining(self.config)
         feature_grad_multiplier(model, self.args.feature_grad_mult)
@@ -478,4 +482,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..errors import report_user_errors
+    from .launch import INTERRUPTED
+
+    raise SystemExit(report_user_errors(main, INTERRUPTED))

@@ -1,0 +1,119 @@
+"""Mistakes a user makes, through the real `hf-music-w2v` command line: one `error:` line, no traceback."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hf_music_w2v.training.layout import RunLayout
+
+from .conftest import PRETRAIN_BASE_ARGS, program_env
+
+
+def cli(*args: str, timeout: int = 300, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hf_music_w2v.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=program_env(**env))
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "CalledProcessError" not in result.stderr, result.stderr[-3000:]
+    # argparse's own form, after its usage, is "hf-music-w2v pretrain: error: ...".
+    lines = [line for line in result.stderr.splitlines() if re.match(r"(hf-music-w2v[\w -]*: )?error: ", line)]
+    assert len(lines) == 1, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, mini_root):
+    """A model folder with its config alone, and a real small pretrained model."""
+    import torch
+    from transformers import Wav2Vec2ForPreTraining
+
+    from .conftest import tiny_pretraining_config
+
+    root = tmp_path_factory.mktemp("models")
+    tiny_pretraining_config().save_pretrained(root / "config_only")
+    torch.manual_seed(0)
+    Wav2Vec2ForPreTraining(tiny_pretraining_config()).save_pretrained(root / "model")
+    return root
+
+
+def finetune_args(model, nsynth, output_dir, *extra) -> list[str]:
+    return ["finetune", "--model_name_or_path", str(model), "--nsynth_dir", str(nsynth), "--output_dir",
+            str(output_dir), "--report_to", "none", "--num_train_epochs", "1", *extra]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["config-only model", "musicnet as nsynth", "offline hub id", "too few examples",
+                                  "tracker not installed", "missing recipe"])
+def test_a_training_mistake_is_one_line(case, folders, mini_root, tiny_config_file, tmp_path):
+    out = tmp_path / "out"
+    nsynth = mini_root / "nsynth"
+    pretrain = ["pretrain", "--musicnet_dir", str(mini_root / "musicnet"), "--config_name", str(tiny_config_file),
+                *PRETRAIN_BASE_ARGS, "--max_train_steps", "2", "--report_to", "none", "--output_dir", str(out)]
+    command, expected = {
+        "config-only model": (finetune_args(folders / "config_only", nsynth, out),
+                              (str(folders / "config_only"), "model.safetensors")),
+        "musicnet as nsynth": (finetune_args(folders / "model", mini_root / "musicnet", out),
+                               (str(mini_root / "musicnet"),)),
+        "offline hub id": (finetune_args("nobody-here/no-such-model", nsynth, out), ("nobody-here/no-such-model",)),
+        "too few examples": ([*pretrain, "--per_device_train_batch_size", "100000"],
+                             ("fewer than one update needs",)),
+        "tracker not installed": ([*pretrain, "--report_to", "wandb"], ("--report_to wandb", "pip install wandb")),
+        "missing recipe": ([*pretrain, "--recipe", "no-such-recipe"], ("--recipe no-such-recipe",)),
+    }[case]
+    assert_one_error_line(cli(*command), *expected)
+    assert not RunLayout(out).is_finished()
+
+
+def test_a_busy_output_folder_is_one_line_through_the_launcher(tmp_path, pretrain_args):
+    layout = RunLayout(tmp_path / "out")
+    layout.lock()  # this test process is the live holder
+    try:
+        result = cli("pretrain", *pretrain_args(layout.root))
+    finally:
+        layout.unlock()
+    assert_one_error_line(result, "is in use by another run")
+
+
+def test_a_missing_model_for_predict_is_one_line(tmp_path):
+    note = tmp_path / "note.wav"
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(note, np.zeros(16_000, dtype=np.float32), 16_000)
+    assert_one_error_line(cli("predict", str(tmp_path / "nowhere"), str(note)), str(tmp_path / "nowhere"))
+
+
+def test_debug_variable_gives_the_traceback_back(folders, mini_root, tmp_path):
+    result = cli(*finetune_args(folders / "config_only", mini_root / "nsynth", tmp_path / "out"),
+                 HF_MUSIC_W2V_DEBUG="1")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_a_run_killed_by_the_kernel_is_named_with_what_to_try(tmp_path, pretrain_args):
+    """SIGKILL, as the kernel's out-of-memory killer sends it, to the training process under the launcher."""
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "hf_music_w2v.cli", "pretrain",
+                                *pretrain_args(out, 400, "--checkpointing_steps", "1000")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=program_env())
+    lock = RunLayout(out).lock_file
+    deadline = time.monotonic() + 300
+    while not (lock.is_file() and lock.read_text().startswith("pid ")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.2)
+    os.kill(int(lock.read_text().split()[1]), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGKILL
+    line = assert_one_error_line(subprocess.CompletedProcess([], process.returncode, "", stderr),
+                                 "killed by signal 9 (most likely out of memory)", "--per_device_train_batch_size")
+    assert "--recipe mini" in line
+    assert json.loads((out / "run_settings.json").read_text())["max_train_steps"] == 400
