@@ -107,7 +107,7 @@ def test_a_run_killed_by_the_kernel_is_named_with_what_to_try(tmp_path, pretrain
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=program_env())
     lock = RunLayout(out).lock_file
     deadline = time.monotonic() + 300
-    while not (lock.is_file() and lock.read_text().startswith("pid ")):
+    while not (lock.is_file() and lock.read_text().startswith("pid ") and (out / "run_settings.json").is_file()):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
         time.sleep(0.2)
     os.kill(int(lock.read_text().split()[1]), signal.SIGKILL)
@@ -117,3 +117,8 @@ def test_a_run_killed_by_the_kernel_is_named_with_what_to_try(tmp_path, pretrain
                                  "killed by signal 9 (most likely out of memory)", "--per_device_train_batch_size")
     assert "--recipe mini" in line
     assert json.loads((out / "run_settings.json").read_text())["max_train_steps"] == 400
+    # It wrote no checkpoint, so nothing is lost by starting over with other settings (a smaller run, say).
+    again = cli("pretrain", *pretrain_args(out, 2))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{out} held a run that wrote no checkpoint" in again.stdout
+    assert json.loads((out / "all_results.json").read_text())["steps"] == 2

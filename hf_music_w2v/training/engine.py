@@ -254,8 +254,10 @@ def claim_output_dir(accelerator, layout: RunLayout, task: TrainingTask) -> None
             previous = layout.lock()
             if previous and "pid" in previous:
                 accelerator.print(f"took over the lock of {layout.root} from a run that is gone ({previous})")
-            layout.claim(task.settings(), resuming=task.run.resume_from_checkpoint is not None,
-                         overwrite=task.run.overwrite_output_dir, operational=OPERATIONAL)
+            note = layout.claim(task.settings(), resuming=task.run.resume_from_checkpoint is not None,
+                                overwrite=task.run.overwrite_output_dir, operational=OPERATIONAL)
+            if note:
+                accelerator.print(note)
         except (OutputDirInUse, OutputDirTaken) as error:
             message = str(error)
     message = broadcast_object_list([message])[0] if accelerator.num_processes > 1 else message

@@ -119,15 +119,27 @@ class RunLayout:
             self._lock_handle = None
 
     # Ownership: a folder holds one run's settings, checkpoints, logs and results.
-    def claim(self, settings: dict, resuming: bool, overwrite: bool, operational: frozenset) -> None:
-        """Make the folder this run's, or raise `OutputDirTaken` saying why not.
+    def claim(self, settings: dict, resuming: bool, overwrite: bool, operational: frozenset) -> str | None:
+        """Make the folder this run's, or raise `OutputDirTaken` saying why not; returns a note to print, if any.
 
         A folder with another run's state (checkpoints, logs or results) is refused unless the run resumes it
         with the same settings (those in `operational` may differ: logging, upload, resume flags) or
-        `overwrite` is given, which deletes that state first. The settings are then written to the folder.
+        `overwrite` is given, which deletes that state first; a folder without a checkpoint or results holds nothing
+        to resume and is taken over the same way. The settings are then written to the folder.
         """
+        from .checkpoints import list_checkpoints
+
         previous = json.loads(self.settings.read_text()) if self.settings.is_file() else None
         has_state = any(p.exists() for p in (self.checkpoints, self.metrics, self.results))
+        nothing_resumable = not list_checkpoints(self.root) and not self.results.exists()
+        if (has_state or previous is not None) and nothing_resumable and not overwrite:
+            # A run that died before its first checkpoint (killed for memory, say) left only settings and logs:
+            # nothing to resume and nothing lost, so it does not stand in a new run's way.
+            overwrite = True
+            note = (f"{self.root} held a run that wrote no checkpoint; its logs and settings are replaced by this "
+                    "run's")
+        else:
+            note = None
         if overwrite:
             for path in (self.checkpoints, self.logs, self.best_model, self.features, self.widget):
                 shutil.rmtree(path, ignore_errors=True)
@@ -149,6 +161,7 @@ class RunLayout:
                     "the two. Resume with the same settings, or start over with --overwrite_output_dir, or give "
                     "another --output_dir")
         write_text_atomic(self.settings, json.dumps(settings, indent=2, sort_keys=True))
+        return note
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
