@@ -351,7 +351,8 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache_dir", default=None, help="NSynth index cache (default $HF_MUSIC_W2V_CACHE)")
     parser.add_argument("--feature_cache_dir", default=None,
                         help="where layer features are cached (default CACHE_DIR/probe_features)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs: cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser, precision: str) -> None:
@@ -362,7 +363,8 @@ def add_inference_arguments(parser: argparse.ArgumentParser, precision: str) -> 
                              "the fastest measured: larger batches overflow the caches; see BENCHMARKS.md)")
     parser.add_argument("--window_seconds", type=float, default=4.0,
                         help="longer files are cut into windows of this length and averaged (default 4, as NSynth)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs: cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
     parser.add_argument("--precision", choices=PRECISIONS, default=precision,
                         help=f"fp32, bf16 autocast (about 2x faster where the device computes bf16 natively; "
                              f"values within about 1%% of fp32), or auto: bf16 on such a device (a GPU with bf16, "

@@ -122,3 +122,25 @@ def test_a_run_killed_by_the_kernel_is_named_with_what_to_try(tmp_path, pretrain
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{out} held a run that wrote no checkpoint" in again.stdout
     assert json.loads((out / "all_results.json").read_text())["steps"] == 2
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+    import dataclasses
+
+    from hf_music_w2v.cli import build_parser
+    from hf_music_w2v.training.arguments import RunArguments
+    from hf_music_w2v.training.finetune import FinetuneArguments
+    from hf_music_w2v.training.pretrain import PretrainArguments
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {'/'.join(action.option_strings) or action.dest}"
+               for name, sub in commands.choices.items() for action in sub._actions
+               if not isinstance(action, argparse._HelpAction) and not action.help and sub.add_help]
+    for arguments in (RunArguments, PretrainArguments, FinetuneArguments):
+        missing += [f"{arguments.__name__}.{f.name}" for f in dataclasses.fields(arguments)
+                    if not f.metadata.get("help")]
+    assert missing == []
+    assert subprocess.run([sys.executable, "-m", "hf_music_w2v.cli", "--version"], capture_output=True,
+                          text=True).stdout.startswith("hf-music-w2v ")

@@ -41,7 +41,7 @@ class RunArguments:
     adam_beta2: float = option(0.98, "AdamW beta2")
     adam_epsilon: float = option(1e-6, "AdamW epsilon")
     max_grad_norm: float = option(25.0, "gradient clipping (0: off)")
-    warmup_steps: int | None = option(None, "linear warmup updates (default: --warmup_ratio of all updates)")
+    warmup_steps: int | None = option(None, "linear warmup updates; unset, --warmup_ratio of all updates")
     warmup_ratio: float = option(0.0, "share of all updates spent warming up, when --warmup_steps is not given")
     num_train_epochs: int = option(100, "epochs at most")
     max_train_steps: int | None = option(None, "updates in all (default: the epochs' updates)")
