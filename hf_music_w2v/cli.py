@@ -181,8 +181,11 @@ def run_predict(args: argparse.Namespace) -> int:
     for result in runner.run(args.files):
         results.append(result)
         if result.silent:
-            print(json.dumps({"file": result.path, "silent": True, "level_dbfs": result.level_dbfs,
-                              "seconds": round(result.seconds, 3)}) if args.json else f"{result.error}", flush=True)
+            # JSON has no -Infinity: an all-zero file's level is null.
+            level = result.level_dbfs if np.isfinite(result.level_dbfs) else None
+            print(json.dumps({"file": result.path, "silent": True, "level_dbfs": level,
+                              "seconds": round(result.seconds, 3)}, allow_nan=False) if args.json
+                  else f"{result.error}", flush=True)
             continue
         if result.error:
             print(f"error: {result.error}", file=sys.stderr, flush=True)
@@ -217,12 +220,15 @@ def make_runner(runner_class, model, extractor, outputs_fn, args: argparse.Names
 
 
 def report_failures(results) -> int:
-    """The closing count on stderr; exit status 1 when any file was not answered."""
-    failed = [result for result in results if result.error]
+    """The closing counts on stderr. Exit status 1 when a file could not be processed; silent files are
+    skipped (nothing to classify), counted, and do not change the status."""
+    failed = [result for result in results if result.error and not result.silent]
+    silent = [result for result in results if result.silent]
+    if silent:
+        print(f"{len(silent)} of {len(results)} file(s) silent, skipped: " + ", ".join(r.path for r in silent),
+              file=sys.stderr)
     if failed:
-        silent = sum(result.silent for result in failed)
-        print(f"{len(failed)} of {len(results)} file(s) could not be processed"
-              + (f" ({silent} silent)" if silent else ""), file=sys.stderr)
+        print(f"{len(failed)} of {len(results)} file(s) could not be processed", file=sys.stderr)
         for result in failed:
             print(f"  {result.path}", file=sys.stderr)
     return 1 if failed else 0
@@ -413,7 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     mini.add_argument("--soundfont", default=None, help="a General MIDI .sf2 (default: pretty_midi's TimGM6mb)")
     mini.set_defaults(handler=run_make_mini_datasets)
 
-    predict = commands.add_parser("predict", help="pitch and instrument family of audio files with a fine-tuned model")
+    predict = commands.add_parser(
+        "predict", help="pitch and instrument family of audio files with a fine-tuned model",
+        description="Pitch and instrument family of each file. Exit status: 0 when every file was answered or "
+                    "skipped as silent (counted on stderr), 1 when a file could not be processed (named on stderr), "
+                    "2 for a usage error.")
     add_inference_arguments(predict, precision="auto")  # an answer, not digits
     predict.add_argument("--top_k", type=int, default=1, help="classes listed per head (default 1)")
     predict.add_argument("--json", action="store_true", help="one JSON object per file instead of text")

@@ -53,7 +53,7 @@ def export_onnx(model: Wav2Vec2ForMusicClassification, path: str | os.PathLike, 
     example = torch.randn(2, 4 * 16_000, generator=torch.Generator().manual_seed(0))
     shapes = {"input_values": {0: torch.export.Dim("batch"), 1: torch.export.Dim("samples", min=receptive)}}
     with atomic_path(path) as staging:
-        torch.onnx.export(TwoHeads(model), (example,), str(staging), input_names=["input_values"],
+        torch.onnx.export(TwoHeads(model).eval(), (example,), str(staging), input_names=["input_values"],
                           output_names=list(OUTPUT_NAMES), dynamic_shapes=shapes, opset_version=opset, dynamo=True,
                           external_data=False)
     return Path(path)

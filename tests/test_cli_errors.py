@@ -144,3 +144,41 @@ def test_every_option_of_every_command_has_help():
     assert missing == []
     assert subprocess.run([sys.executable, "-m", "hf_music_w2v.cli", "--version"], capture_output=True,
                           text=True).stdout.startswith("hf-music-w2v ")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the check is for machines without GPUs")
+def test_a_gpu_launcher_config_without_gpus_is_refused_before_any_process_starts(tmp_path, pretrain_args):
+    from hf_music_w2v.training.launch import check_accelerate_config
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    configs = os.path.join(repo, "training", "accelerate_configs")
+    assert check_accelerate_config(os.path.join(configs, "cpu_2proc.yaml")) is None
+    gpu = os.path.join(configs, "gpu_8.yaml")
+    result = cli("pretrain", "--accelerate_config", gpu, *pretrain_args(tmp_path / "out"))
+    assert result.returncode == 2
+    assert_one_error_line(result, f"--accelerate_config {gpu}: a GPU config", "no GPU is visible here")
+    assert not (tmp_path / "out").exists()
+
+
+def test_loading_a_pretraining_output_is_quiet_and_a_foreign_weight_still_warns(tmp_path, capfd, caplog):
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import Wav2Vec2ForPreTraining
+
+    from hf_music_w2v.training.finetune import build_classifier
+
+    from .conftest import tiny_pretraining_config
+
+    torch.manual_seed(0)
+    Wav2Vec2ForPreTraining(tiny_pretraining_config()).save_pretrained(tmp_path / "pretrained")
+    capfd.readouterr()
+    model = build_classifier(str(tmp_path / "pretrained"))
+    out, err = capfd.readouterr()
+    assert model.pitch_head.out_features == 128
+    for noise in ("UNEXPECTED", "MISSING", "model of type", "Loading weights"):
+        assert noise not in out + err, (noise, out + err)
+    weights = load_file(tmp_path / "pretrained" / "model.safetensors")
+    weights["stray.weight"] = torch.zeros(2)
+    save_file(weights, tmp_path / "pretrained" / "model.safetensors", metadata={"format": "pt"})
+    build_classifier(str(tmp_path / "pretrained"))
+    assert "weights not used: ['stray.weight']" in caplog.text

@@ -18,12 +18,14 @@ import shlex
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
+from transformers.utils import logging
 
 from ..atomic import atomic_path, write_text_atomic
 from ..configuration_music_wav2vec2 import MusicWav2Vec2Config
@@ -57,21 +59,53 @@ from .layout import HEADS, SCORES, RunLayout, result_key
 BASE_PRESET = f"{PRESET_PREFIX}wav2vec2-base"
 
 
+logger = logging.get_logger(__name__)
+
+#: Weights of a pretraining output that a classifier has no use for, and the classifier's own new heads.
+PRETRAINING_ONLY = ("quantizer.", "project_hid.", "project_q.")
+NEW_HEADS = ("pitch_head.", "instrument_head.")
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' load report, model-type notice and progress bar off: `build_classifier` says what matters."""
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
 def build_classifier(model_name_or_path: str, random_init: bool = False, **config_overrides
                      ) -> Wav2Vec2ForMusicClassification:
     """`Wav2Vec2ForMusicClassification` from a pretraining output, any wav2vec2 checkpoint or a preset.
 
     With `random_init` the checkpoint only gives the architecture. Backbone weights load as they are; the two
-    heads are always new. `config_overrides` set config fields (loss weights, dropout, masking).
+    heads are always new. `config_overrides` set config fields (loss weights, dropout, masking). transformers'
+    load report is kept quiet; weights missing or left over beyond the expected ones (the new heads, the
+    pretraining-only quantizer and projections) are a warning naming them.
     """
     if is_preset(model_name_or_path):
         config = MusicWav2Vec2Config.from_dict(load_wav2vec2_config(model_name_or_path).to_dict(), **config_overrides)
         random_init = True
     else:
-        config = MusicWav2Vec2Config.from_pretrained(model_name_or_path, **config_overrides)
+        with quiet_loading():
+            config = MusicWav2Vec2Config.from_pretrained(model_name_or_path, **config_overrides)
     if random_init:
         return Wav2Vec2ForMusicClassification(config)
-    return Wav2Vec2ForMusicClassification.from_pretrained(model_name_or_path, config=config)
+    with quiet_loading():
+        model, info = Wav2Vec2ForMusicClassification.from_pretrained(model_name_or_path, config=config,
+                                                                     output_loading_info=True)
+    missing = [key for key in info["missing_keys"] if not key.startswith(NEW_HEADS)]
+    unused = [key for key in info["unexpected_keys"] if not key.startswith(PRETRAINING_ONLY)]
+    if missing or unused or info["mismatched_keys"]:
+        logger.warning(f"{model_name_or_path}: weights not found (initialised at random): {missing or 'none'}; "
+                       f"weights not used: {unused or 'none'}; shapes that differ: {info['mismatched_keys'] or 'none'}")
+    return model
 
 
 class PooledFeatures(TorchDataset):
@@ -240,8 +274,9 @@ class FinetuneArguments:
                                               "parquet folder or Hub id"})
     pitch_range: list[int] | None = option(None, "LOW HIGH: keep notes with LOW <= pitch <= HIGH only (e.g. 21 108, "
                                                  "the piano range)")
-    max_train_samples: int | None = option(None, "use the first N training notes")
-    max_eval_samples: int | None = option(None, "use the first N valid and test notes")
+    max_train_samples: int | None = option(None, "use N training notes, drawn at random with seed 0")
+    max_eval_samples: int | None = option(None, "use N valid and test notes, drawn at random with seed 0 (the same "
+                                                 "notes for every run)")
     on_error: str = option("raise", "invalid notes: stop with an error naming the file, or skip and count them",
                            choices=["raise", "skip"])
     random_init: bool = option(False, "use MODEL's architecture with random weights (the no-pretraining baseline)")
@@ -292,6 +327,8 @@ class FinetuneTask(TrainingTask):
                                      pitch_loss_weight=args.pitch_loss_weight,
                                      instrument_loss_weight=args.instrument_loss_weight,
                                      final_dropout=args.final_dropout, mask_time_prob=args.mask_time_prob)
+        if not (args.random_init or is_preset(args.model_name_or_path)):
+            print(f"loaded the backbone of {args.model_name_or_path}; pitch and instrument heads initialised")
         if args.freeze_base_model:
             model.freeze_base_model()
         elif args.freeze_feature_encoder:
@@ -310,7 +347,8 @@ class FinetuneTask(TrainingTask):
         notes = load_nsynth(args.nsynth_dir, split, pitch_range=tuple(args.pitch_range) if args.pitch_range else None,
                             on_error=args.on_error, cache_dir=self.run.cache_dir)
         if limit is not None and limit < len(notes):
-            notes = notes.select(range(limit))
+            chosen = np.sort(np.random.default_rng(0).choice(len(notes), limit, replace=False))
+            notes = notes.select(chosen)
         return notes
 
     def eval_loader(self, accelerator, source, collate):
@@ -324,6 +362,8 @@ class FinetuneTask(TrainingTask):
                        "valid": self.load_split("valid", self.args.max_eval_samples),
                        "test": self.load_split("test", self.args.max_eval_samples)}
         accelerator.print(", ".join(f"{name} {len(notes)} notes" for name, notes in self.splits.items()))
+        if self.args.max_train_samples is not None or self.args.max_eval_samples is not None:
+            accelerator.print("(--max_train_samples / --max_eval_samples: subsets drawn at random with seed 0)")
 
     def prepare_data(self, accelerator) -> None:
         self.sources = {name: notes.select_columns(list(COLLATED_COLUMNS)) for name, notes in self.splits.items()}

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -65,6 +66,23 @@ def launcher_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_accelerate_config(path: str) -> str | None:
+    """Why the accelerate config at `path` cannot run here, or None: a GPU config on a machine without GPUs
+    would otherwise start its processes on the CPU without a word."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        return f"--accelerate_config {path}: not a readable accelerate config ({' '.join(str(error).split())})"
+    if not isinstance(config, dict):
+        return f"--accelerate_config {path}: not an accelerate config (expected a YAML mapping)"
+    if config.get("gpu_ids") is not None and not config.get("use_cpu") and not torch.cuda.is_available():
+        return (f"--accelerate_config {path}: a GPU config (gpu_ids: {config['gpu_ids']}), and no GPU is visible "
+                "here; for CPU processes use training/accelerate_configs/cpu_2proc.yaml or --num_processes N")
+    return None
+
+
 def launch(program: str, argv: list[str]) -> int:
     """`hf-music-w2v pretrain|finetune ARGS`: split off the launcher's options, then become the launcher."""
     launcher, program_args = launcher_parser().parse_known_args(argv)
@@ -77,6 +95,10 @@ def launch(program: str, argv: list[str]) -> int:
               "(default: one local process, GPU if any)\n  --num_processes N         local processes (default 1, "
               "or the config's)\n")
         return module.main(program_args)
+    problem = launcher.accelerate_config and check_accelerate_config(launcher.accelerate_config)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     command = launch_command(program, program_args, launcher.accelerate_config, launcher.num_processes)
     sys.stdout.flush()
     sys.stderr.flush()
