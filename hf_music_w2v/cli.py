@@ -127,12 +127,13 @@ def load_inference_config(name: str):
 
 def load_for_inference(name: str, device: str, model_class=AutoModel, config=None):
     """Model and feature extractor from a folder or Hub id (`config`: its config, if already loaded)."""
-    from .hub import music_feature_extractor
+    from .hub import load_pretrained, music_feature_extractor, quiet_loading
 
     config = config or load_inference_config(name)
-    model = model_class.from_pretrained(name, config=config)
+    model = load_pretrained(model_class, name, config=config)
     try:
-        extractor = AutoFeatureExtractor.from_pretrained(name)
+        with quiet_loading():
+            extractor = AutoFeatureExtractor.from_pretrained(name)
     except (OSError, ValueError):
         extractor = music_feature_extractor(model.config)
     return model.to(device), extractor

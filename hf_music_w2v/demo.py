@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .atomic import staged_directory, write_text_atomic
+from .hub import load_pretrained
 from .report import CHECKPOINT, MUSIC, RANDOM, SPEECH
 from .training.launch import launch_command, launch_environment
 from .training.layout import HEADS, RunLayout
@@ -185,10 +186,10 @@ class Demo:
             except DataError as error:
                 raise DemoError(f"--speech_dir {error}") from None
         if self.args.speech_model:
-            from transformers import Wav2Vec2Config
+            from .presets import load_wav2vec2_config
 
             try:
-                Wav2Vec2Config.from_pretrained(self.args.speech_model)
+                load_wav2vec2_config(self.args.speech_model)
             except (OSError, ValueError) as error:
                 raise DemoError(f"--speech_model {self.args.speech_model}: cannot load a wav2vec2 config "
                                 f"({error})") from None
@@ -360,7 +361,7 @@ class Demo:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         scores = {}
         for network in self.all_networks():
-            model = Wav2Vec2ForPreTraining.from_pretrained(self.network_path(network))
+            model = load_pretrained(Wav2Vec2ForPreTraining, str(self.network_path(network)))
             scores[network.name] = analyse_codebook(model, notes, device=device).scores()
             self.say(f"codebook of {network.name}: pitch NMI {scores[network.name]['pitch_nmi']:.3f}, "
                      f"family NMI {scores[network.name]['family_nmi']:.3f}")

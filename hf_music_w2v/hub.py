@@ -2,11 +2,14 @@
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor
+from transformers.utils import logging
 
 from .atomic import move_files_into, staged_directory, write_text_atomic
 from .audio import SAMPLING_RATE
@@ -31,12 +34,47 @@ def model_location_problem(name: str) -> str | None:
     """Why `name` cannot be a model (no such folder and not a Hub id; a folder without config.json), or None."""
     path = Path(name)
     if path.is_dir() and not (path / "config.json").is_file():
-        return (f"{name} has no config.json; MODEL must be a save_pretrained folder (e.g. the output of "
+        return (f"{name} has no config.json; expected a save_pretrained folder (e.g. the output of "
                 "hf-music-w2v finetune or pretrain) or a Hub id")
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     if not path.exists() and not looks_like_hub_id:
         return f"no model folder {name}, and it is not a Hub id of the form owner/name"
     return None
+
+
+#: Weights of a pretraining output that an encoder or a classifier has no use for.
+PRETRAINING_ONLY = ("quantizer.", "project_hid.", "project_q.")
+
+logger = logging.get_logger(__name__)
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' load report, model-type notice and progress bar off: `load_pretrained` says what matters."""
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def load_pretrained(model_class, name: str, expected_missing: tuple[str, ...] = (),
+                    expected_unused: tuple[str, ...] = PRETRAINING_ONLY, **kwargs) -> PreTrainedModel:
+    """`model_class.from_pretrained(name, **kwargs)`, quiet about the weights a load of this package's outputs
+    leaves out or initialises by design (`expected_*`: key prefixes); any other missing, unused or reshaped
+    weight is one warning naming them."""
+    with quiet_loading():
+        model, info = model_class.from_pretrained(name, output_loading_info=True, **kwargs)
+    missing = [key for key in info["missing_keys"] if not key.startswith(expected_missing)]
+    unused = [key for key in info["unexpected_keys"] if not key.startswith(expected_unused)]
+    if missing or unused or info["mismatched_keys"]:
+        logger.warning(f"{name}: weights not found (initialised at random): {missing or 'none'}; "
+                       f"weights not used: {unused or 'none'}; shapes that differ: {info['mismatched_keys'] or 'none'}")
+    return model
 
 
 def write_model_files(model: PreTrainedModel, folder: Path, feature_extractor: Wav2Vec2FeatureExtractor | None) -> None:

@@ -35,9 +35,18 @@ def is_preset(name_or_path: str) -> bool:
 
 
 def load_wav2vec2_config(name_or_path: str) -> Wav2Vec2Config:
-    """A preset, or a wav2vec2 config from a folder, a config.json or a Hub id."""
+    """A preset, or a wav2vec2 config from a folder, a config.json or a Hub id.
+
+    transformers gives a default config for a folder without config.json; that is an `OSError` here, so an
+    empty folder never stands for wav2vec2-base."""
+    from .hub import model_location_problem
+
     if is_preset(name_or_path):
         return preset_config(name_or_path[len(PRESET_PREFIX):])
+    if not str(name_or_path).endswith(".json"):
+        problem = model_location_problem(str(name_or_path))
+        if problem:
+            raise OSError(problem)
     return Wav2Vec2Config.from_pretrained(name_or_path)
 
 

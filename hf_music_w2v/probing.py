@@ -105,14 +105,15 @@ def load_encoder(name: str, trust_remote_code: bool = False, device: str = "cpu"
 
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
-    from .hub import model_location_problem, music_feature_extractor
+    from .hub import load_pretrained, model_location_problem, music_feature_extractor, quiet_loading
 
     problem = model_location_problem(name)
     if problem:
         raise ProbeError(problem)
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(name, config=config, trust_remote_code=trust_remote_code)
+        with quiet_loading():
+            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = load_pretrained(AutoModel, name, config=config, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         if "trust_remote_code" in str(error):
             raise ProbeError(f"{name} runs code of its own (its config's auto_map); pass --trust_remote_code if you "
@@ -123,7 +124,8 @@ def load_encoder(name: str, trust_remote_code: bool = False, device: str = "cpu"
         raise ProbeError(f"{name} is a {config.model_type} model, not an audio encoder: its forward takes no "
                          "input_values")
     try:
-        extractor = AutoFeatureExtractor.from_pretrained(name, trust_remote_code=trust_remote_code)
+        with quiet_loading():
+            extractor = AutoFeatureExtractor.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
         if not hasattr(encoder.config, "conv_kernel"):
             raise ProbeError(f"{name} has no preprocessor_config.json, so its sampling rate is unknown") from None

@@ -41,6 +41,7 @@ def folders(tmp_path_factory, mini_root):
 
     root = tmp_path_factory.mktemp("models")
     tiny_pretraining_config().save_pretrained(root / "config_only")
+    (root / "empty").mkdir()
     torch.manual_seed(0)
     Wav2Vec2ForPreTraining(tiny_pretraining_config()).save_pretrained(root / "model")
     return root
@@ -52,7 +53,7 @@ def finetune_args(model, nsynth, output_dir, *extra) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["config-only model", "musicnet as nsynth", "offline hub id", "too few examples",
+@pytest.mark.parametrize("case", ["config-only model", "empty model folder", "empty init_from", "musicnet as nsynth", "offline hub id", "too few examples",
                                   "tracker not installed", "missing recipe"])
 def test_a_training_mistake_is_one_line(case, folders, mini_root, tiny_config_file, tmp_path):
     out = tmp_path / "out"
@@ -62,6 +63,12 @@ def test_a_training_mistake_is_one_line(case, folders, mini_root, tiny_config_fi
     command, expected = {
         "config-only model": (finetune_args(folders / "config_only", nsynth, out),
                               (str(folders / "config_only"), "model.safetensors")),
+        # transformers takes a folder without config.json for wav2vec2-base; a random initialisation must name its
+        # architecture.
+        "empty model folder": (finetune_args(folders / "empty", nsynth, out, "--random_init"),
+                               ("--model_name_or_path", f"{folders / 'empty'} has no config.json")),
+        "empty init_from": ([*pretrain[:3], "--init_from", str(folders / "empty"), *pretrain[5:]],
+                            ("--init_from", f"{folders / 'empty'} has no config.json")),
         "musicnet as nsynth": (finetune_args(folders / "model", mini_root / "musicnet", out),
                                (str(mini_root / "musicnet"),)),
         "offline hub id": (finetune_args("nobody-here/no-such-model", nsynth, out), ("nobody-here/no-such-model",)),
@@ -182,3 +189,23 @@ def test_loading_a_pretraining_output_is_quiet_and_a_foreign_weight_still_warns(
     save_file(weights, tmp_path / "pretrained" / "model.safetensors", metadata={"format": "pt"})
     build_classifier(str(tmp_path / "pretrained"))
     assert "weights not used: ['stray.weight']" in caplog.text
+
+
+def test_embed_and_probe_load_a_pretraining_output_quietly(tmp_path, capfd):
+    import torch
+    from transformers import Wav2Vec2ForPreTraining
+
+    from hf_music_w2v.cli import load_for_inference
+    from hf_music_w2v.probing import load_encoder
+
+    from .conftest import tiny_pretraining_config
+
+    torch.manual_seed(0)
+    Wav2Vec2ForPreTraining(tiny_pretraining_config()).save_pretrained(tmp_path / "pretrained")
+    capfd.readouterr()
+    model, _ = load_for_inference(str(tmp_path / "pretrained"), "cpu")
+    encoder, _ = load_encoder(str(tmp_path / "pretrained"))
+    out, err = capfd.readouterr()
+    assert type(model).__name__ == type(encoder).__name__ == "Wav2Vec2Model"
+    for noise in ("UNEXPECTED", "MISSING", "model of type", "Loading weights"):
+        assert noise not in out + err, (noise, out + err)

@@ -18,7 +18,6 @@ import shlex
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +33,11 @@ from ..errors import naming
 from ..export import export_widget_models
 from ..fingerprints import fingerprint_matches, notes_digest, weights_digest
 from ..hub import (
+    load_pretrained,
+    model_location_problem,
     music_feature_extractor,
     push_folder,
+    quiet_loading,
     save_pretrained_atomic,
     save_pretrained_into,
     write_model_card,
@@ -61,23 +63,8 @@ BASE_PRESET = f"{PRESET_PREFIX}wav2vec2-base"
 
 logger = logging.get_logger(__name__)
 
-#: Weights of a pretraining output that a classifier has no use for, and the classifier's own new heads.
-PRETRAINING_ONLY = ("quantizer.", "project_hid.", "project_q.")
+#: The classifier's own new heads, which no backbone checkpoint holds.
 NEW_HEADS = ("pitch_head.", "instrument_head.")
-
-
-@contextmanager
-def quiet_loading() -> Iterator[None]:
-    """transformers' load report, model-type notice and progress bar off: `build_classifier` says what matters."""
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
 
 
 def build_classifier(model_name_or_path: str, random_init: bool = False, **config_overrides
@@ -93,19 +80,15 @@ def build_classifier(model_name_or_path: str, random_init: bool = False, **confi
         config = MusicWav2Vec2Config.from_dict(load_wav2vec2_config(model_name_or_path).to_dict(), **config_overrides)
         random_init = True
     else:
+        problem = model_location_problem(model_name_or_path)  # transformers takes an empty folder for wav2vec2-base
+        if problem:
+            raise OSError(problem)
         with quiet_loading():
             config = MusicWav2Vec2Config.from_pretrained(model_name_or_path, **config_overrides)
     if random_init:
         return Wav2Vec2ForMusicClassification(config)
-    with quiet_loading():
-        model, info = Wav2Vec2ForMusicClassification.from_pretrained(model_name_or_path, config=config,
-                                                                     output_loading_info=True)
-    missing = [key for key in info["missing_keys"] if not key.startswith(NEW_HEADS)]
-    unused = [key for key in info["unexpected_keys"] if not key.startswith(PRETRAINING_ONLY)]
-    if missing or unused or info["mismatched_keys"]:
-        logger.warning(f"{model_name_or_path}: weights not found (initialised at random): {missing or 'none'}; "
-                       f"weights not used: {unused or 'none'}; shapes that differ: {info['mismatched_keys'] or 'none'}")
-    return model
+    return load_pretrained(Wav2Vec2ForMusicClassification, model_name_or_path, expected_missing=NEW_HEADS,
+                           config=config)
 
 
 class PooledFeatures(TorchDataset):

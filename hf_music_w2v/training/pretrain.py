@@ -23,7 +23,13 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 from ..audio import SAMPLING_RATE, normalize_audio
 from ..errors import naming
-from ..hub import music_feature_extractor, push_folder, save_pretrained_into, write_model_card
+from ..hub import (
+    load_pretrained,
+    music_feature_extractor,
+    push_folder,
+    save_pretrained_into,
+    write_model_card,
+)
 from ..presets import load_wav2vec2_config
 from .arguments import RunArguments, option, parse_arguments, settings_of
 from .engine import (
@@ -351,7 +357,7 @@ class PretrainTask(TrainingTask):
     def build_model(self):
         if self.args.init_from:
             with naming("--init_from", self.args.init_from):
-                model = Wav2Vec2ForPreTraining.from_pretrained(self.args.init_from, config=self.config)
+                model = load_pretrained(Wav2Vec2ForPreTraining, self.args.init_from, config=self.config)
         else:
             model = Wav2Vec2ForPreTraining(self.config)
         feature_grad_multiplier(model, self.args.feature_grad_mult)
