@@ -25,7 +25,7 @@ from transformers.utils import logging
 
 from . import demo as demo_module
 from . import probing as probing_module
-from .demo import Demo, DemoError, add_demo_arguments
+from .demo import Demo, add_demo_arguments
 from .errors import report_user_errors
 from .modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification
 from .precision import PRECISIONS, resolve_precision
@@ -34,16 +34,15 @@ from .training.launch import PROGRAMS, launch
 logger = logging.get_logger(__name__)
 
 def run_demo(args: argparse.Namespace) -> int:
-    try:
-        Demo(args).run()
-    except DemoError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to resume (finished stages are kept, training runs "
-              f"continue from their latest checkpoint in {args.output_dir})", file=sys.stderr)
-        return 130
+    Demo(args).run()
     return 0
+
+
+#: What Ctrl-C in a command prints, by command (`{...}`: its options).
+INTERRUPTED = {
+    "demo": "interrupted: run the same command again to resume (finished stages are kept, training runs continue "
+            "from their latest checkpoint in {output_dir})",
+}
 
 
 def run_results(args: argparse.Namespace) -> int:
@@ -462,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("predict", "embed"):
         check_inference_arguments(parser, args)
     args.invocation = shlex.join(["hf-music-w2v", *argv])
-    return report_user_errors(lambda: args.handler(args))
+    return report_user_errors(lambda: args.handler(args),
+                              INTERRUPTED.get(args.command, "interrupted").format(**vars(args)))
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
     Imported here rather than at module level, so `--help` stays quick."""
     from .data.validation import DataError
+    from .demo import DemoError
     from .probing import ProbeError
     from .training.checkpoints import CheckpointError
     from .training.engine import TrainingDiverged
     from .training.layout import OutputDirInUse, OutputDirTaken
 
-    return (SettingsError, DataError, ProbeError, CheckpointError, TrainingDiverged, OutputDirInUse, OutputDirTaken,
+    return (SettingsError, DataError, DemoError, ProbeError, CheckpointError, TrainingDiverged, OutputDirInUse, OutputDirTaken,
             OSError)
 
 
@@ -46,9 +47,15 @@ def debugging() -> bool:
 
 def report_user_errors(main: Callable[[], int], interrupted: str = "interrupted") -> int:
     """Run `main`; a user error becomes one `error:` line on stderr and exit status 1, Ctrl-C the line
-    `interrupted` and exit status 130."""
+    `interrupted` and exit status 130, a training run stopped by a signal its own line and 128 + the signal."""
+    from .training.signals import RunStopped
+
     try:
         return main()
+    except RunStopped as stop:
+        if stop.message:
+            print(f"\n{stop.message}", file=sys.stderr)
+        return stop.exit_status
     except KeyboardInterrupt:
         if debugging():
             raise

@@ -43,8 +43,12 @@ class RunArguments:
     max_grad_norm: float = option(25.0, "gradient clipping (0: off)")
     warmup_steps: int | None = option(None, "linear warmup updates; unset, --warmup_ratio of all updates")
     warmup_ratio: float = option(0.0, "share of all updates spent warming up, when --warmup_steps is not given")
-    num_train_epochs: int = option(100, "epochs at most")
-    max_train_steps: int | None = option(None, "updates in all (default: the epochs' updates)")
+    num_train_epochs: int = option(100, "epochs at most; raised on --resume_from_checkpoint, extends the run")
+    max_train_steps: int | None = option(
+        None, "updates in all (default: the epochs' updates). Raised on --resume_from_checkpoint latest, it extends "
+              "the run, finished or not, from its newest checkpoint: the learning rate then follows the schedule of "
+              "a run of the new length from the resume on (a finished run's rate rises from 0 to it); lowering is "
+              "refused")
     max_consecutive_skips: int = option(20, "stop after this many updates in a row with a non-finite loss or "
                                             "gradient")
     mixed_precision: str = option("auto", "auto, no, fp16 or bf16. auto: the accelerate launcher's fp16 or bf16 if "
@@ -83,6 +87,10 @@ OPERATIONAL = frozenset({
     # A diverged run is resumed with a lower rate: the schedule is rebuilt from the rate given on resume.
     "learning_rate", "head_learning_rate",
 })
+
+
+#: Options a resume may raise (never lower): the run is extended from its newest checkpoint (engine.py).
+EXTENDABLE = frozenset({"max_train_steps", "num_train_epochs"})
 
 
 def recipe_file(task: str, recipe: str) -> Path:
@@ -185,5 +193,5 @@ def settings_of(*arguments) -> dict:
     return settings
 
 
-__all__ = ["OPERATIONAL", "RunArguments", "build_parser", "option", "parse_arguments", "recipe_file",
+__all__ = ["EXTENDABLE", "OPERATIONAL", "RunArguments", "build_parser", "option", "parse_arguments", "recipe_file",
            "recipe_flags", "settings_of"]

@@ -53,6 +53,10 @@ class TrainerState:
     best_metrics: dict = field(default_factory=dict)
     epochs_evaluated: list = field(default_factory=list)
     last_metrics: dict = field(default_factory=dict)
+    #: The run's length in updates when this state was saved (None in checkpoints from before it was recorded).
+    max_steps: int | None = None
+    #: Each resume that raised the length: {"at_step", "from_updates", "to_updates"}.
+    extensions: list = field(default_factory=list)
 
     @classmethod
     def read(cls, checkpoint: Path) -> "TrainerState":

@@ -2,7 +2,17 @@
 
 A `TrainingTask` supplies what differs (data, model, one update, evaluation, outputs); `train` does the rest
 in one readable order: model -> accelerator -> output folder claimed -> data -> optimizer and schedule ->
-prepare -> resume -> loop -> outputs -> results (last) -> upload.
+prepare -> resume (or extend) -> loop -> outputs -> results (last) -> upload.
+
+Extending: a run resumed with a higher --max_train_steps or --num_train_epochs continues from its newest
+checkpoint, finished or not. Its learning rate then follows the warmup-and-linear-decay schedule of the new
+length from the update it resumes at, as if it had been planned that long from the start (what fairseq's
+--max-update and the Trainer's max_steps do): a finished run's rate, decayed to 0, rises to that schedule's
+value, with no second warmup unless the new warmup reaches past the resume point. The resume says so with the
+rate of its first update; the results and the model card record each extension.
+
+Stopping: SIGTERM, SIGINT or SIGUSR1 finish the update in progress, write a checkpoint and exit with status
+128 + the signal's number (`signals.py`).
 
 Exactness: every update reseeds torch's and numpy's global generators from (seed, epoch, micro-batch,
 process), the data order comes from `UpdateBatchSampler`, and the checkpoint of an update is written after
@@ -31,9 +41,10 @@ from transformers import get_linear_schedule_with_warmup
 from ..allocator import keep_freed_memory
 from ..errors import SettingsError
 from ..precision import bf16_is_native
-from .arguments import OPERATIONAL, RunArguments
+from .arguments import EXTENDABLE, OPERATIONAL, RunArguments
 from .checkpoints import TrainerState, params_finite, reset_metrics_log, restore_checkpoint, save_checkpoint
 from .layout import OutputDirInUse, OutputDirTaken, RunLayout
+from .signals import RunStopped, StopRequests
 
 logger = get_logger(__name__)
 
@@ -171,9 +182,15 @@ def build_optimizer(parameter_groups: list[dict], run: RunArguments) -> torch.op
 
 
 def run_summary(state: TrainerState) -> dict:
-    """The results every run reports, whatever it trained."""
+    """The results every run reports, whatever it trained (`extensions`: when a resume raised its length)."""
     return {"steps": state.step, "epochs": state.epoch, "skipped_updates": state.skipped_updates,
-            "train_seconds": state.train_seconds}
+            "train_seconds": state.train_seconds, "extensions": state.extensions}
+
+
+def extension_text(extensions: list[dict]) -> str:
+    """'extended at update 200 from 200 to 300 updates', joined: how results, cards and logs name extensions."""
+    return "; ".join(f"extended at update {e['at_step']} from {e['from_updates']} to {e['to_updates']} updates"
+                     for e in extensions)
 
 
 class TrainingTask:
@@ -255,14 +272,15 @@ def claim_output_dir(accelerator, layout: RunLayout, task: TrainingTask) -> None
             if previous and "pid" in previous:
                 accelerator.print(f"took over the lock of {layout.root} from a run that is gone ({previous})")
             note = layout.claim(task.settings(), resuming=task.run.resume_from_checkpoint is not None,
-                                overwrite=task.run.overwrite_output_dir, operational=OPERATIONAL)
+                                overwrite=task.run.overwrite_output_dir, operational=OPERATIONAL,
+                                extendable=EXTENDABLE)
             if note:
                 accelerator.print(note)
         except (OutputDirInUse, OutputDirTaken) as error:
             message = str(error)
     message = broadcast_object_list([message])[0] if accelerator.num_processes > 1 else message
     if message:
-        raise SystemExit(f"error: {message}")
+        raise SystemExit(f"error: {message}" if accelerator.is_main_process else 1)  # one line, not one per process
 
 
 #: The trackers `--report_to` takes, and the package each needs.
@@ -287,14 +305,16 @@ def train(task: TrainingTask) -> int:
     """Run `task` from start (or its checkpoint) to its results; returns the exit status."""
     layout = RunLayout(task.run.output_dir)
     try:
-        return train_in(task, layout)
+        with StopRequests() as stops:
+            return train_in(task, layout, stops)
     finally:
         # Released cleanly, the lock names no holder, so only a run that died holding it is reported as gone.
         layout.unlock()
 
 
-def train_in(task: TrainingTask, layout: RunLayout) -> int:
-    """`train`, with the output folder's layout (whose lock `train` releases however this ends)."""
+def train_in(task: TrainingTask, layout: RunLayout, stops: StopRequests) -> int:
+    """`train`, with the output folder's layout (whose lock `train` releases however this ends) and the run's
+    signal handlers (armed during the loop)."""
     run = task.run
     keep_freed_memory()  # audio buffers and activations are reused, not page-faulted in afresh (allocator.py)
 
@@ -338,6 +358,15 @@ def train_in(task: TrainingTask, layout: RunLayout) -> int:
     unwrapped = accelerator.unwrap_model(model)
 
     state = restore_checkpoint(accelerator, run.resume_from_checkpoint, layout.root, model, optimizer)
+    extended = state.max_steps is not None and max_steps > state.max_steps
+    if extended:
+        state.extensions.append({"at_step": state.step, "from_updates": state.max_steps, "to_updates": max_steps})
+        if state.micro_batches_in_epoch and state.epoch in state.epochs_evaluated:
+            state.epochs_evaluated.remove(state.epoch)  # the run stopped mid-epoch: score the epoch at its new end
+    elif state.max_steps is not None and max_steps < state.max_steps and state.step > max_steps:
+        raise SettingsError(f"{layout.root} is at update {state.step}, past the {max_steps} updates these settings "
+                            "give; a run can be extended, not shortened")
+    state.max_steps = max_steps
     # The schedule is a function of the update count, rebuilt at the restored update from this run's learning
     # rates (so a rate given on resume re-bases it). It is stepped here rather than by accelerate, which would
     # step it once per process and so change the schedule with the number of processes.
@@ -345,6 +374,10 @@ def train_in(task: TrainingTask, layout: RunLayout) -> int:
         group["initial_lr"] = rate
     scheduler = get_linear_schedule_with_warmup(optimizer, run.warmup(max_steps), max_steps,
                                                 last_epoch=state.step - 1)
+    if extended:
+        accelerator.print(f"{extension_text(state.extensions[-1:])}: the learning rate follows the schedule of a "
+                          f"{max_steps}-update run from here ({scheduler.get_last_lr()[0]:.6g} at update "
+                          f"{state.step + 1})")
     metrics_path = reset_metrics_log(accelerator, layout.metrics, state.step)
     if report_to:
         accelerator.init_trackers(task.name, config={k: v for k, v in task.settings().items()
@@ -375,6 +408,7 @@ def train_in(task: TrainingTask, layout: RunLayout) -> int:
                     disable=not accelerator.is_local_main_process)
     model.train()
     window_start, window_audio = time.perf_counter(), 0.0
+    stops.armed = True
     while state.step < max_steps and state.epoch < run.num_train_epochs:
         batches = task.micro_batches(accelerator, state.epoch, state.micro_batches_in_epoch)
         epoch_done = False
@@ -382,8 +416,8 @@ def train_in(task: TrainingTask, layout: RunLayout) -> int:
             group = list(islice(batches, accumulation))
             complete = len(group) == accumulation
             if task.streaming:  # processes may run out of streamed examples at different times: the first ends it
-                complete = bool(accelerator.reduce(torch.tensor(int(complete), device=accelerator.device),
-                                                   reduction="min"))
+                complete = not accelerator.reduce(torch.tensor(int(not complete), device=accelerator.device),
+                                                  reduction="max")
             if not complete:
                 if state.micro_batches_in_epoch == 0:
                     stop(ValueError("the training data ran out before one update: fewer examples than "
@@ -438,8 +472,17 @@ def train_in(task: TrainingTask, layout: RunLayout) -> int:
                 state.micro_batches_in_epoch = 0
             due = (run.checkpoint_every is None and epoch_done) or final or (
                 complete and not result.skipped and run.checkpoint_every and state.step % run.checkpoint_every == 0)
-            if due:
-                save_checkpoint(accelerator, layout.root, state, run.checkpoints_total_limit, model, optimizer)
+            saved = save_checkpoint(accelerator, layout.root, state, run.checkpoints_total_limit, model,
+                                    optimizer) if due else None
+            signum = stops.agreed(accelerator)  # every process, every update: they stop after the same one
+            if signum is not None and not final:
+                saved = saved or save_checkpoint(accelerator, layout.root, state, run.checkpoints_total_limit, model,
+                                                 optimizer)
+                progress.close()
+                accelerator.end_training()
+                raise RunStopped(signum, stopped_message(signum, state.step, saved)
+                                 if accelerator.is_main_process else "")
+    stops.armed = False
     progress.close()
     state.train_seconds += time.perf_counter() - window_start
 
@@ -454,6 +497,13 @@ def train_in(task: TrainingTask, layout: RunLayout) -> int:
     return 0
 
 
-__all__ = ["NonFiniteGuard", "TrainingDiverged", "TrainingTask", "UpdateBatchSampler", "UpdateResult",
+def stopped_message(signum: int, step: int, checkpoint) -> str:
+    import signal
+
+    return (f"stopped by {signal.Signals(signum).name} after update {step}, {checkpoint} written; the same command "
+            "with --resume_from_checkpoint latest continues the run")
+
+
+__all__ = ["NonFiniteGuard", "TrainingDiverged", "TrainingTask", "UpdateBatchSampler", "UpdateResult", "extension_text",
            "build_optimizer", "check_launch", "no_sync_unless_last", "resolve_mixed_precision",
            "run_summary", "seeded_generator", "step_if_finite", "train"]

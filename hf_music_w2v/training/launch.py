@@ -124,7 +124,10 @@ def run_launcher(launcher_args: list[str]) -> int:
     from accelerate.commands.launch import launch_command_parser
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    from .signals import forward_stop_signals
+
     args = launch_command_parser().parse_args(launcher_args)
+    forward_stop_signals()  # a signal to the launcher stops the run as gracefully as one to the run itself
     try:
         accelerate_launch(args)
     except KeyboardInterrupt:

@@ -119,13 +119,16 @@ class RunLayout:
             self._lock_handle = None
 
     # Ownership: a folder holds one run's settings, checkpoints, logs and results.
-    def claim(self, settings: dict, resuming: bool, overwrite: bool, operational: frozenset) -> str | None:
+    def claim(self, settings: dict, resuming: bool, overwrite: bool, operational: frozenset,
+              extendable: frozenset = frozenset()) -> str | None:
         """Make the folder this run's, or raise `OutputDirTaken` saying why not; returns a note to print, if any.
 
         A folder with another run's state (checkpoints, logs or results) is refused unless the run resumes it
         with the same settings (those in `operational` may differ: logging, upload, resume flags) or
         `overwrite` is given, which deletes that state first; a folder without a checkpoint or results holds nothing
-        to resume and is taken over the same way. The settings are then written to the folder.
+        to resume and is taken over the same way. A resume may raise the settings in `extendable` (the run's
+        length), never lower them; a finished run so extended is no longer finished, and its results move to
+        `logs/` under the update they were made at. The settings are then written to the folder.
         """
         from .checkpoints import list_checkpoints
 
@@ -149,7 +152,13 @@ class RunLayout:
             changed = sorted(
                 f"{name} {previous.get(name)!r} -> {value!r}" for name, value in settings.items()
                 if name not in operational and name in previous and previous[name] != value
+                and not (name in extendable and previous[name] is not None and value is not None)
             ) if previous is not None else ["(no run_settings.json: made by another program or version)"]
+            raised = sorted(
+                f"{name} {previous[name]} -> {settings[name]}" for name in extendable
+                if previous is not None and previous.get(name) is not None and settings.get(name) is not None
+                and previous[name] != settings[name]
+            )
             if not resuming:
                 raise OutputDirTaken(
                     f"{self.root} already holds a run (checkpoints, logs or results). Resume it with "
@@ -160,6 +169,21 @@ class RunLayout:
                     f"{self.root} holds a run made with other settings ({'; '.join(changed)}); resuming would mix "
                     "the two. Resume with the same settings, or start over with --overwrite_output_dir, or give "
                     "another --output_dir")
+            lowered = [name for name in sorted(extendable) if previous is not None and previous.get(name) is not None
+                       and settings.get(name) is not None and settings[name] < previous[name]]
+            if lowered:
+                raise OutputDirTaken(
+                    f"{self.root} holds a run of --{lowered[0]} {previous[lowered[0]]}; a run can be extended, not "
+                    f"shortened (--{lowered[0]} {settings[lowered[0]]}). Give {previous[lowered[0]]} or more, or "
+                    "start over with --overwrite_output_dir")
+            if raised:
+                note = f"extending the run in {self.root} ({'; '.join(raised)})"
+                if self.results.is_file():
+                    steps = self.read_results().get("steps", "unknown")
+                    kept = self.logs / f"all_results.update_{steps}.json"
+                    self.logs.mkdir(parents=True, exist_ok=True)
+                    os.replace(self.results, kept)
+                    note += f"; the finished run's results are kept in {kept}"
         write_text_atomic(self.settings, json.dumps(settings, indent=2, sort_keys=True))
         return note
 
