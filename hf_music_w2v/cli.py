@@ -378,22 +378,18 @@ def add_inference_arguments(parser: argparse.ArgumentParser, precision: str) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from hf_music_w2v_command import COMMANDS, top_level_parser
 
-    parser = argparse.ArgumentParser(prog="hf-music-w2v", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"hf-music-w2v {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for program, text in (("pretrain", "wav2vec 2.0 pretraining on MusicNet (see `hf-music-w2v pretrain --help`)"),
-                          ("finetune", "fine-tuning on NSynth pitch and instrument family (see `... finetune --help`)")):
-        commands.add_parser(program, help=text, add_help=False)
-    demo = commands.add_parser(
-        "demo", help="pretrain on music and on speech (3 seeds each), fine-tune and probe every network on NSynth, report",
-        description=demo_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser, commands = top_level_parser()
+    for program in PROGRAMS:
+        commands.add_parser(program, help=COMMANDS[program], add_help=False)
+    demo = commands.add_parser("demo", help=COMMANDS["demo"], description=demo_module.__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_arguments(demo)
     demo.set_defaults(handler=run_demo)
 
     results = commands.add_parser(
-        "results", help="the README's Results section, generated from a demo's results.json",
+        "results", help=COMMANDS["results"],
         description="Print the Results section that a demo's results.json gives, write it into a README between "
                     "its generated-section markers, or check that the README holds it.")
     results.add_argument("results", help="a demo's results.json, e.g. docs/demo_results.json")
@@ -404,8 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mini = commands.add_parser(
         "make-mini-datasets",
-        help="render miniature NSynth and MusicNet copies in the official layouts from real instrument samples, "
-             "and a miniature speech corpus (eSpeak NG) in LibriSpeech's layout",
+        help=COMMANDS["make-mini-datasets"],
     )
     mini.add_argument("out_dir", help="writes OUT_DIR/nsynth/nsynth-{train,valid,test}, OUT_DIR/musicnet and "
                                       "OUT_DIR/speech")
@@ -420,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     mini.set_defaults(handler=run_make_mini_datasets)
 
     predict = commands.add_parser(
-        "predict", help="pitch and instrument family of audio files with a fine-tuned model",
+        "predict", help=COMMANDS["predict"],
         description="Pitch and instrument family of each file. Exit status: 0 when every file was answered or "
                     "skipped as silent (counted on stderr), 1 when a file could not be processed (named on stderr), "
                     "2 for a usage error.")
@@ -429,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON object per file instead of text")
     predict.set_defaults(handler=run_predict)
 
-    embed = commands.add_parser("embed", help="mean-pooled embeddings of one layer for audio files, to an .npz")
+    embed = commands.add_parser("embed", help=COMMANDS["embed"])
     add_inference_arguments(embed, precision="fp32")  # features for further work: full precision
     embed.add_argument("--layer", type=int, default=-1,
                        help="0: Transformer input, N: output of layer N, -1: last layer (default)")
@@ -437,12 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(handler=run_embed)
 
     probe = commands.add_parser(
-        "probe", help="layer-wise linear / MLP / weighted-sum probes of any audio encoder on NSynth pitch and family",
+        "probe", help=COMMANDS["probe"],
         description=probing_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_probe_arguments(probe)
     probe.set_defaults(handler=run_probe)
 
-    onnx = commands.add_parser("export-onnx", help="the two-head classifier as one ONNX graph (needs the onnx extra)")
+    onnx = commands.add_parser("export-onnx", help=COMMANDS["export-onnx"])
     onnx.add_argument("model", help="a fine-tuned music_wav2vec2 folder or Hub id")
     onnx.add_argument("output", help="the .onnx file to write")
     onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")

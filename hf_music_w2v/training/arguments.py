@@ -45,7 +45,7 @@ class RunArguments:
     warmup_ratio: float = option(0.0, "share of all updates spent warming up, when --warmup_steps is not given")
     num_train_epochs: int = option(100, "epochs at most; raised on --resume_from_checkpoint, extends the run")
     max_train_steps: int | None = option(
-        None, "updates in all (default: the epochs' updates). Raised on --resume_from_checkpoint latest, it extends "
+        None, "updates in all; unset, the epochs' updates. Raised on --resume_from_checkpoint latest, it extends "
               "the run, finished or not, from its newest checkpoint: the learning rate then follows the schedule of "
               "a run of the new length from the resume on (a finished run's rate rises from 0 to it); lowering is "
               "refused")
@@ -60,14 +60,14 @@ class RunArguments:
                                                 "foreach, or for-loop (one parameter at a time)",
                                        choices=["fused", "foreach", "for-loop"])
     dataloader_num_workers: int = option(0, "DataLoader worker processes")
-    cache_dir: str | None = option(None, "dataset cache (default $HF_MUSIC_W2V_CACHE or ~/.cache/hf_music_w2v)")
+    cache_dir: str | None = option(None, "dataset cache; unset, $HF_MUSIC_W2V_CACHE or ~/.cache/hf_music_w2v")
     checkpointing_steps: str = option("1000", "save a checkpoint every N updates, or 'epoch' after each epoch")
     checkpoints_total_limit: int = option(3, "keep the newest N checkpoints")
     logging_steps: int = option(10, "log training metrics every N updates")
     report_to: str = option("tensorboard", "tensorboard, wandb, all or none")
     push_to_hub: bool = option(False, "upload the output folder to the Hub at the end")
     hub_model_id: str | None = option(None, "repository for --push_to_hub, e.g. user/w2v-musicnet")
-    hub_token: str | None = option(None, "Hub token (default: the logged-in user's)")
+    hub_token: str | None = option(None, "Hub token; unset, the logged-in user's")
 
     @property
     def checkpoint_every(self) -> int | None:

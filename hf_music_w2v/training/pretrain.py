@@ -276,7 +276,7 @@ class PretrainArguments:
     segment_seconds: float = option(20.0, "window length in seconds")
     hop_seconds: float = option(10.0, "hop between windows in seconds")
     random_crop_seconds: float | None = option(None, "train on a random crop of this length from each window "
-                                                     "(default: the whole window)")
+                                                     "(unset: the whole window)")
     streaming: bool = option(False, "decode recordings on the fly instead of caching them (datasets too big for "
                                     "the disk cache); recordings are sharded across processes")
     shuffle_buffer_size: int = option(1000, "window shuffle buffer with --streaming")
