@@ -120,6 +120,8 @@ def exit_status(code: int) -> int:
 
 def run_launcher(launcher_args: list[str]) -> int:
     """accelerate's `launch` with `launcher_args`, a failed run reported by its exit status, not a traceback."""
+    import logging
+
     from accelerate.commands.launch import launch_command as accelerate_launch
     from accelerate.commands.launch import launch_command_parser
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -128,6 +130,9 @@ def run_launcher(launcher_args: list[str]) -> int:
 
     args = launch_command_parser().parse_args(launcher_args)
     forward_stop_signals()  # a signal to the launcher stops the run as gracefully as one to the run itself
+    # The processes print their own error line (and a bug's traceback); torch's elastic agent would add its
+    # per-process failure log and summary to each of them.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         accelerate_launch(args)
     except KeyboardInterrupt:
