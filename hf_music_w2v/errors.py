@@ -20,6 +20,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that say what the user gave was wrong (files, folders, data, settings, the disk, the network).
 
     Imported here rather than at module level, so `--help` stays quick."""
+    from .convert_fairseq import FairseqCheckpointError
     from .data.validation import DataError
     from .probing import ProbeError
     from .training.checkpoints import CheckpointError
@@ -27,7 +28,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from .training.layout import OutputDirInUse, OutputDirTaken
 
     return (SettingsError, DataError, ProbeError, CheckpointError, TrainingDiverged, OutputDirInUse, OutputDirTaken,
-            OSError)
+            FairseqCheckpointError, OSError)
 
 
 @contextmanager
