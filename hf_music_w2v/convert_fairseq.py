@@ -450,8 +450,8 @@ def check_audio(sampling_rate: int) -> torch.Tensor:
 @torch.no_grad()
 def outputs(model: Wav2Vec2ForPreTraining, audio: torch.Tensor) -> dict[str, torch.Tensor]:
     """Final hidden states, projected states and projected quantized states (eval mode, no masking)."""
-    out = model(audio, output_hidden_states=True)
-    return {"last_hidden_state": out.hidden_states[-1], "projected_states": out.projected_states,
+    out = model(audio)
+    return {"last_hidden_state": model.wav2vec2(audio).last_hidden_state, "projected_states": out.projected_states,
             "projected_quantized_states": out.projected_quantized_states}
 
 
