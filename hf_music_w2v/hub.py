@@ -2,11 +2,14 @@
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor
+from transformers.utils import logging
 
 from .atomic import move_files_into, staged_directory, write_text_atomic
 from .audio import SAMPLING_RATE
@@ -25,6 +28,20 @@ def music_feature_extractor(config: Wav2Vec2Config) -> Wav2Vec2FeatureExtractor:
         do_normalize=True,
         return_attention_mask=getattr(config, "feat_extract_norm", "layer") == "layer",  # data2vec-audio: always layer
     )
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' load report, model-type notice and progress bar off, for callers that say what matters."""
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def model_location_problem(name: str) -> str | None:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-# A wav2vec2 of a few thousand parameters: 2 convolutions (stride 10), 2 Transformer layers of width 16.
+# A wav2vec2 of a few thousand parameters: 2 convolutions (stride 40), 2 Transformer layers of width 16.
 TINY_FAIRSEQ_MODEL = {
     "_name": "wav2vec2",
     "extractor_mode": "default",
-    "conv_feature_layers": "[(8, 10, 5)] + [(8, 3, 2)] * 1",
+    "conv_feature_layers": "[(8, 10, 5)] + [(8, 8, 8)] * 1",
     "conv_bias": False,
     "encoder_layers": 2,
     "encoder_embed_dim": 16,

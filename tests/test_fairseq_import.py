@@ -4,7 +4,9 @@ The comparison with fairseq's own forward pass is in test_fairseq_against_fairse
 """
 
 import pickle
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,9 +52,16 @@ def test_each_saved_form_gives_the_same_settings_and_weights(tmp_path, form):
 
 
 def test_no_fairseq_omegaconf_or_hydra_is_imported(tmp_path):
-    for form in FORMS:
-        convert_fairseq_checkpoint(write_checkpoint(tmp_path / f"{form}.pt", form), tmp_path / form)
-    assert not {"fairseq", "omegaconf", "hydra"} & set(sys.modules)
+    # a fresh interpreter, so that modules imported by other tests (or by test-fairseq's venv) do not count
+    paths = [str(write_checkpoint(tmp_path / f"{form}.pt", form)) for form in FORMS]
+    script = ("import sys; from hf_music_w2v.convert_fairseq import convert_fairseq_checkpoint\n"
+              "for path in sys.argv[1:]: convert_fairseq_checkpoint(path, path + '.out')\n"
+              "print(sorted({name.split('.')[0] for name in sys.modules} & {'fairseq', 'omegaconf', 'hydra'}))")
+    result = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert all(Path(path + ".out", "model.safetensors").is_file() for path in paths)
 
 
 def test_weights_land_where_fairseq_keeps_them(converted):
@@ -69,7 +78,7 @@ def test_weights_land_where_fairseq_keeps_them(converted):
 
 def test_config_follows_the_checkpoint(converted):
     config = Wav2Vec2ForPreTraining.from_pretrained(converted[1]).config
-    assert (config.conv_dim, config.conv_kernel, config.conv_stride) == ([8, 8], [10, 3], [5, 2])
+    assert (config.conv_dim, config.conv_kernel, config.conv_stride) == ([8, 8], [10, 8], [5, 8])
     assert config.feat_extract_norm == "group" and not config.conv_bias and not config.do_stable_layer_norm
     assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (16, 2, 24)
     assert (config.num_codevector_groups, config.num_codevectors_per_group) == (2, 4)
@@ -120,6 +129,24 @@ def test_output_loads_as_the_music_classifier(converted):
     with torch.no_grad():
         out = model(torch.randn(2, 4000))
     assert out.pitch_logits.shape == (2, 128) and out.instrument_logits.shape == (2, 11)
+
+
+def test_output_is_a_probe_model(converted):
+    from hf_music_w2v.probing import load_encoder
+
+    encoder, extractor = load_encoder(str(converted[1]))
+    reference = Wav2Vec2ForPreTraining.from_pretrained(converted[1]).wav2vec2
+    torch.testing.assert_close(encoder.encoder.layers[1].final_layer_norm.bias,
+                               reference.encoder.layers[1].final_layer_norm.bias, rtol=0, atol=0)
+    assert extractor.do_normalize is False
+
+
+def test_output_is_a_pretraining_start(converted):
+    from hf_music_w2v.training.pretrain import PretrainArguments, build_config
+
+    config = build_config(PretrainArguments(audio_dir="unused", init_from=str(converted[1])))
+    model, info = Wav2Vec2ForPreTraining.from_pretrained(converted[1], config=config, output_loading_info=True)
+    assert not any(info.values()) and config.conv_dim == [8, 8] and config.proj_codevector_dim == 12
 
 
 def test_planted_payload_never_runs(tmp_path):

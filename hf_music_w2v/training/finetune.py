@@ -18,7 +18,6 @@ import shlex
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from ..fingerprints import fingerprint_matches, notes_digest, weights_digest
 from ..hub import (
     music_feature_extractor,
     push_folder,
+    quiet_loading,
     save_pretrained_atomic,
     save_pretrained_into,
     write_model_card,
@@ -64,20 +64,6 @@ logger = logging.get_logger(__name__)
 #: Weights of a pretraining output that a classifier has no use for, and the classifier's own new heads.
 PRETRAINING_ONLY = ("quantizer.", "project_hid.", "project_q.")
 NEW_HEADS = ("pitch_head.", "instrument_head.")
-
-
-@contextmanager
-def quiet_loading() -> Iterator[None]:
-    """transformers' load report, model-type notice and progress bar off: `build_classifier` says what matters."""
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
 
 
 def build_classifier(model_name_or_path: str, random_init: bool = False, **config_overrides
