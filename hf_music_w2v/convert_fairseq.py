@@ -471,6 +471,11 @@ class Conversion:
 def convert_fairseq_checkpoint(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike) -> Conversion:
     """Write `output_dir`: a `save_pretrained` folder of `Wav2Vec2ForPreTraining`, its feature extractor and a model
     card naming the source file, its SHA-256 and the checks made. The folder appears complete or not at all."""
+    output = Path(output_dir)
+    # the folder is replaced as a whole: only an empty folder or an earlier conversion may be replaced
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / "config.json").is_file())):
+        raise FairseqCheckpointError(f"{output} exists and is not a model folder (no config.json); the output is "
+                                     "written as a whole folder, so give a new or empty folder")
     checkpoint = load_fairseq_checkpoint(checkpoint_path)
     checkpoint.sha256 = sha256_of(checkpoint.path)
     model = build_model(checkpoint)
@@ -487,7 +492,7 @@ def convert_fairseq_checkpoint(checkpoint_path: str | os.PathLike, output_dir: s
         f"1 s of seeded noise gives finite hidden states, projected states and quantized states "
         f"({expected['last_hidden_state'].shape[1]} frames)",
     ]
-    with staged_directory(output_dir) as staging:
+    with staged_directory(output) as staging:
         write_model_files(model, staging, extractor)
         with quiet_loading():
             reloaded = Wav2Vec2ForPreTraining.from_pretrained(staging).eval()
@@ -504,7 +509,7 @@ def convert_fairseq_checkpoint(checkpoint_path: str | os.PathLike, output_dir: s
             latent_temp=checkpoint.model["latent_temp"],
             feature_grad_mult=checkpoint.model["feature_grad_mult"],
             tags=["audio", "music", "wav2vec2", "fairseq"])
-    return Conversion(output_dir=Path(output_dir).resolve(), source=checkpoint.path, sha256=checkpoint.sha256,
+    return Conversion(output_dir=output.resolve(), source=checkpoint.path, sha256=checkpoint.sha256,
                       form=checkpoint.form, num_tensors=len(checkpoint.state_dict),
                       num_parameters=model.num_parameters(), checks=checks)
 

@@ -193,6 +193,7 @@ def test_cli_converts_and_reports(converted, tmp_path, capsys):
     ("tensor", "not a fairseq checkpoint"),
     ("ctc", "fine-tuned model"),
     ("payload", "refused: the checkpoint holds the Python global"),
+    ("occupied", "is not a model folder"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, case, message):
     path = tmp_path / "in.pt"
@@ -204,7 +205,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys, case, message):
         write_checkpoint(path, model=tiny_settings(_name="wav2vec_ctc"))
     elif case == "payload":
         write_checkpoint(path, extra={"extra_state": Payload(tmp_path / "marker")})
+    elif case == "occupied":  # e.g. the checkpoint's own folder: it would be replaced as a whole
+        write_checkpoint(path)
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "notes.txt").write_text("keep me")
     assert main(["convert-fairseq", str(path), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "out").exists() and not (tmp_path / "marker").exists()
+    assert not (tmp_path / "marker").exists()
+    if case == "occupied":
+        assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+    else:
+        assert not (tmp_path / "out").exists()
