@@ -492,10 +492,9 @@ def convert_fairseq_checkpoint(checkpoint_path: str | os.PathLike, output_dir: s
         f"1 s of seeded noise gives finite hidden states, projected states and quantized states "
         f"({expected['last_hidden_state'].shape[1]} frames)",
     ]
-    with staged_directory(output) as staging:
+    with staged_directory(output) as staging, quiet_loading():
         write_model_files(model, staging, extractor)
-        with quiet_loading():
-            reloaded = Wav2Vec2ForPreTraining.from_pretrained(staging).eval()
+        reloaded = Wav2Vec2ForPreTraining.from_pretrained(staging).eval()
         again = outputs(reloaded, audio)
         difference = max((again[name] - value).abs().max().item() for name, value in expected.items())
         if difference != 0.0:
