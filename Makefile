@@ -12,7 +12,7 @@ DEMO_ARGS ?=
 # The demo needs nothing from the Hub; set HF_HUB_OFFLINE=0 to let --speech_model name a Hub id.
 HF_HUB_OFFLINE ?= 1
 
-# `make test-fairseq`: the converter checked against fairseq's own forward pass. fairseq stays out of the package's
+# `make test-fairseq`: the converter checked against fairseq's own forward pass (prints the largest differences). fairseq stays out of the package's
 # dependencies and out of .venv: fairseq 0.12.2 does not import on Python 3.11, the PyPI fork fairseq-fixed does, built
 # against the torch already installed (--no-build-isolation, or pip pulls a newer torch into the build).
 FAIRSEQ_VENV ?= .venv-fairseq
@@ -50,7 +50,7 @@ $(FAIRSEQ_STAMP): setup.cfg pyproject.toml
 	touch $(FAIRSEQ_STAMP)
 
 test-fairseq: $(FAIRSEQ_STAMP)
-	HF_HUB_OFFLINE=1 $(FAIRSEQ_PY) -m pytest tests/test_fairseq_against_fairseq.py $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(FAIRSEQ_PY) -m pytest tests/test_fairseq_against_fairseq.py -s -W ignore::FutureWarning $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hf_music_w2v training tests benchmarks
