@@ -22,12 +22,9 @@ from typing import Any
 
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
-from transformers.utils import logging
 
 from .atomic import staged_directory
 from .hub import quiet_loading, write_model_card, write_model_files
-
-logger = logging.get_logger(__name__)
 
 
 class FairseqCheckpointError(ValueError):
@@ -235,14 +232,20 @@ def load_fairseq_checkpoint(path: str | os.PathLike) -> FairseqCheckpoint:
     if form == "none" or not isinstance(state_dict, dict):
         raise FairseqCheckpointError(f"{path} is not a fairseq checkpoint: it has no 'model' weights with 'cfg' or "
                                      f"'args' settings (keys: {', '.join(map(str, raw)) or 'none'})")
-    if form == "Namespace":
-        flat = plain(raw["args"])
-        model, task, criterion = dict(flat), dict(flat), dict(flat)
-        name = str(flat.get("arch", ""))
+    try:
+        settings = plain(raw["args"] if form == "Namespace" else raw["cfg"])
+        if form != "Namespace" and isinstance(settings, dict):
+            settings = resolve_interpolations(settings)
+    except RecursionError:
+        raise FairseqCheckpointError(f"{path}: its settings contain or refer to themselves without end") from None
+    if not isinstance(settings, dict):
+        raise FairseqCheckpointError(f"{path}: its settings are a {type(settings).__name__}, not a mapping")
+    if form == "Namespace":  # one flat namespace holds the model's, the task's and the criterion's options
+        model, task, criterion = settings, settings, settings
+        name = str(settings.get("arch", ""))
     else:
-        settings = resolve_interpolations(plain(raw["cfg"]))
         model, task, criterion = (settings.get(part) or {} for part in ("model", "task", "criterion"))
-        name = str(model.get("_name", ""))
+        name = str(model.get("_name", "")) if isinstance(model, dict) else ""
     if name != "wav2vec2":
         what = f"a {name} model" if name else "a model without a name"
         hint = (": a fine-tuned model, whose pretraining quantizer and projections are gone; convert the "
