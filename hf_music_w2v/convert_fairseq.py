@@ -262,6 +262,10 @@ def load_fairseq_checkpoint(path: str | os.PathLike) -> FairseqCheckpoint:
                              criterion=criterion, state_dict=tensors, fairseq_version=version)
 
 
+#: More convolutions than any wav2vec 2.0 has (7); a longer list is refused rather than built.
+MAX_CONV_LAYERS = 64
+
+
 def conv_layers(spec: Any) -> list[tuple[int, int, int]]:
     """fairseq's `conv_feature_layers` ("[(512, 10, 5)] + [(512, 3, 2)] * 4 + ...") as (dim, kernel, stride) triples.
 
@@ -278,7 +282,8 @@ def conv_layers(spec: Any) -> list[tuple[int, int, int]]:
             left, right = value(node.left), value(node.right)
             if isinstance(node.op, ast.Add) and isinstance(left, list) and isinstance(right, list):
                 return left + right
-            if isinstance(node.op, ast.Mult) and isinstance(left, list) and isinstance(right, int):
+            if isinstance(node.op, ast.Mult) and isinstance(left, list) and isinstance(right, int) and (
+                    0 <= len(left) * right <= MAX_CONV_LAYERS):
                 return left * right
         raise ValueError(ast.dump(node))
 
@@ -288,7 +293,7 @@ def conv_layers(spec: Any) -> list[tuple[int, int, int]]:
     except (SyntaxError, ValueError, TypeError) as error:
         raise FairseqCheckpointError(f"conv_feature_layers {spec!r} is not a list of (dim, kernel, stride) "
                                      f"literals ({error})") from None
-    if not layers or any(len(layer) != 3 for layer in layers):
+    if not 0 < len(layers) <= MAX_CONV_LAYERS or any(len(layer) != 3 for layer in layers):
         raise FairseqCheckpointError(f"conv_feature_layers {spec!r} is not a list of (dim, kernel, stride) triples")
     return layers
 
@@ -437,8 +442,12 @@ def converted_state_dict(checkpoint: FairseqCheckpoint, config: Wav2Vec2Config,
 def build_model(checkpoint: FairseqCheckpoint) -> Wav2Vec2ForPreTraining:
     """`Wav2Vec2ForPreTraining` with the checkpoint's architecture and weights, in eval mode."""
     config = wav2vec2_config(checkpoint)
+    # shapes first, from a model without storage: settings that disagree with the tensors (or describe a huge model)
+    # are refused before anything of their size is allocated
+    with torch.device("meta"):
+        expected = Wav2Vec2ForPreTraining(config).state_dict()
+    weights = converted_state_dict(checkpoint, config, expected)
     model = Wav2Vec2ForPreTraining(config)
-    weights = converted_state_dict(checkpoint, config, model.state_dict())
     model.load_state_dict(weights, strict=True)
     return model.eval()
 

@@ -173,11 +173,22 @@ def test_settings_transformers_cannot_reproduce_are_refused(tmp_path, setting, v
         convert_fairseq_checkpoint(checkpoint, tmp_path / "out")
 
 
+def test_settings_that_disagree_with_the_weights_are_refused_before_building(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "odd.pt")
+    raw = torch.load(checkpoint, weights_only=True)
+    raw["cfg"]["model"]["encoder_embed_dim"] = 1 << 20  # a model of terabytes, if it were built
+    torch.save(raw, checkpoint)
+    with pytest.raises(FairseqCheckpointError, match="has shape"):
+        convert_fairseq_checkpoint(checkpoint, tmp_path / "out")
+
+
 def test_conv_layers_are_parsed_not_evaluated():
     assert conv_layers("[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2") == (
         [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2)
     with pytest.raises(FairseqCheckpointError, match="conv_feature_layers"):
         conv_layers("__import__('os').getcwd()")
+    with pytest.raises(FairseqCheckpointError, match="conv_feature_layers"):
+        conv_layers("[(512, 3, 2)] * 10**12")
 
 
 def test_cli_converts_and_reports(converted, tmp_path, capsys):
