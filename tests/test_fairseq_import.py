@@ -121,14 +121,17 @@ def test_model_card_names_source_and_checks(converted):
 def test_output_loads_as_the_music_classifier(converted):
     from hf_music_w2v.training.finetune import build_classifier
 
-    model = build_classifier(str(converted[1])).eval()
-    assert isinstance(model, Wav2Vec2ForMusicClassification)
     reference = Wav2Vec2ForPreTraining.from_pretrained(converted[1])
-    torch.testing.assert_close(model.wav2vec2.encoder.layers[0].attention.q_proj.weight,
-                               reference.wav2vec2.encoder.layers[0].attention.q_proj.weight, rtol=0, atol=0)
-    with torch.no_grad():
-        out = model(torch.randn(2, 4000))
-    assert out.pitch_logits.shape == (2, 128) and out.instrument_logits.shape == (2, 11)
+    direct = Wav2Vec2ForMusicClassification.from_pretrained(converted[1]).eval()
+    model = build_classifier(str(converted[1])).eval()  # what `hf-music-w2v finetune --model_name_or_path` runs
+    for classifier in (direct, model):
+        assert isinstance(classifier, Wav2Vec2ForMusicClassification)
+        torch.testing.assert_close(classifier.wav2vec2.encoder.layers[0].attention.q_proj.weight,
+                                   reference.wav2vec2.encoder.layers[0].attention.q_proj.weight, rtol=0, atol=0)
+        with torch.no_grad():
+            out = classifier(torch.randn(2, 4000))
+        assert out.pitch_logits.shape == (2, 128) and out.instrument_logits.shape == (2, 11)
+        assert torch.isfinite(out.pitch_logits).all() and classifier.pitch_head.weight.abs().sum() > 0
 
 
 def test_output_is_a_probe_model(converted):
