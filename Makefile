@@ -12,9 +12,10 @@ DEMO_ARGS ?=
 # The demo needs nothing from the Hub; set HF_HUB_OFFLINE=0 to let --speech_model name a Hub id.
 HF_HUB_OFFLINE ?= 1
 
-# `make test-fairseq`: the converter checked against fairseq's own forward pass (prints the largest differences). fairseq stays out of the package's
-# dependencies and out of .venv: fairseq 0.12.2 does not import on Python 3.11, the PyPI fork fairseq-fixed does, built
-# against the torch already installed (--no-build-isolation, or pip pulls a newer torch into the build).
+# `make test-fairseq`: the converter checked against fairseq's own forward pass (it prints the largest differences).
+# fairseq stays out of the package's dependencies and out of .venv: fairseq 0.12.2 does not import on Python 3.11, the
+# PyPI fork fairseq-fixed does, built against the torch already installed (--no-build-isolation, or pip pulls a newer
+# torch into the build).
 FAIRSEQ_VENV ?= .venv-fairseq
 FAIRSEQ_PY := $(FAIRSEQ_VENV)/bin/python
 FAIRSEQ_STAMP := $(FAIRSEQ_VENV)/.installed

@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "weights-only: no code in it runs, and fairseq is not needed. The folder is a "
                     "--model_name_or_path for finetune, a MODEL for probe and an --init_from for pretrain.")
     convert.add_argument("checkpoint", help="the fairseq .pt file (e.g. w2v_music_checkpoint.pt)")
-    convert.add_argument("output_dir", help="the folder to write (replaced as a whole if it exists)")
+    convert.add_argument("output_dir", help="the folder to write; an existing one is replaced only if it is empty or "
+                                             "an earlier model folder")
     convert.set_defaults(handler=run_convert_fairseq)
 
     onnx = commands.add_parser("export-onnx", help="the two-head classifier as one ONNX graph (needs the onnx extra)")
