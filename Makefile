@@ -12,7 +12,16 @@ DEMO_ARGS ?=
 # The demo needs nothing from the Hub; set HF_HUB_OFFLINE=0 to let --speech_model name a Hub id.
 HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo reproduce test lint clean
+# `make test-fairseq`: the converter checked against fairseq's own forward pass (it prints the largest differences).
+# fairseq stays out of the package's dependencies and out of .venv: fairseq 0.12.2 does not import on Python 3.11, the
+# PyPI fork fairseq-fixed does, built against the torch already installed (--no-build-isolation, or pip pulls a newer
+# torch into the build).
+FAIRSEQ_VENV ?= .venv-fairseq
+FAIRSEQ_PY := $(FAIRSEQ_VENV)/bin/python
+FAIRSEQ_STAMP := $(FAIRSEQ_VENV)/.installed
+FAIRSEQ_SPEC ?= fairseq-fixed==0.12.3.1
+
+.PHONY: install demo reproduce test test-fairseq lint clean
 
 install: $(STAMP)
 
@@ -34,8 +43,18 @@ reproduce: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
+$(FAIRSEQ_STAMP): setup.cfg pyproject.toml
+	test -x $(FAIRSEQ_PY) || $(PYTHON) -m venv $(FAIRSEQ_VENV)
+	$(FAIRSEQ_PY) -m pip install --quiet $(TORCH_SPEC) cython numpy setuptools wheel
+	$(FAIRSEQ_PY) -m pip install --quiet --no-build-isolation $(FAIRSEQ_SPEC)
+	$(FAIRSEQ_PY) -m pip install --quiet -e '.[dev]'
+	touch $(FAIRSEQ_STAMP)
+
+test-fairseq: $(FAIRSEQ_STAMP)
+	HF_HUB_OFFLINE=1 $(FAIRSEQ_PY) -m pytest tests/test_fairseq_against_fairseq.py -s -W ignore::FutureWarning $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hf_music_w2v training tests benchmarks
 
 clean:
-	rm -rf $(VENV) demo_output reproduce_output build *.egg-info
+	rm -rf $(VENV) $(FAIRSEQ_VENV) demo_output reproduce_output build *.egg-info

@@ -9,6 +9,7 @@
     hf-music-w2v embed MODEL *.wav --layer 6 --output embeddings.npz
     hf-music-w2v export-onnx MODEL model.onnx
     hf-music-w2v probe MODEL --nsynth_dir DIR --output_dir OUT [--layers 0 6 12] [--pitch_classes 88]
+    hf-music-w2v convert-fairseq CHECKPOINT.pt OUTPUT_DIR
 """
 
 import argparse
@@ -322,6 +323,18 @@ def run_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_convert_fairseq(args: argparse.Namespace) -> int:
+    from .convert_fairseq import convert_fairseq_checkpoint
+
+    conversion = convert_fairseq_checkpoint(args.checkpoint, args.output_dir)
+    print(f"{conversion.source} (sha256 {conversion.sha256}, settings saved as {conversion.form}): "
+          f"{conversion.num_tensors} tensors, {conversion.num_parameters:,} parameters")
+    for check in conversion.checks:
+        print(f"checked: {check}")
+    print(f"wrote {conversion.output_dir} (Wav2Vec2ForPreTraining, feature extractor, README.md)")
+    return 0
+
+
 def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     from .probing import PROBES, TASKS, ProbeSettings
 
@@ -436,6 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
         description=probing_module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_probe_arguments(probe)
     probe.set_defaults(handler=run_probe)
+
+    convert = commands.add_parser(
+        "convert-fairseq", help=COMMANDS["convert-fairseq"],
+        description="Convert a fairseq wav2vec 2.0 pretraining checkpoint into a save_pretrained folder of "
+                    "Wav2Vec2ForPreTraining with its feature extractor and a model card. The file is read "
+                    "weights-only: no code in it runs, and fairseq is not needed. The folder is a "
+                    "--model_name_or_path for finetune, a MODEL for probe and an --init_from for pretrain.")
+    convert.add_argument("checkpoint", help="the fairseq .pt file (e.g. w2v_music_checkpoint.pt)")
+    convert.add_argument("output_dir", help="the folder to write; an existing one is replaced only if it is empty or "
+                                             "an earlier model folder")
+    convert.set_defaults(handler=run_convert_fairseq)
 
     onnx = commands.add_parser("export-onnx", help=COMMANDS["export-onnx"])
     onnx.add_argument("model", help="a fine-tuned music_wav2vec2 folder or Hub id")

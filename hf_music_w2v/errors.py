@@ -20,6 +20,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that say what the user gave was wrong (files, folders, data, settings, the disk, the network).
 
     Imported here rather than at module level, so `--help` stays quick."""
+    from .convert_fairseq import FairseqCheckpointError
     from .data.validation import DataError
     from .demo import DemoError
     from .probing import ProbeError
@@ -27,8 +28,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from .training.engine import TrainingDiverged
     from .training.layout import OutputDirInUse, OutputDirTaken
 
-    return (SettingsError, DataError, DemoError, ProbeError, CheckpointError, TrainingDiverged, OutputDirInUse, OutputDirTaken,
-            OSError)
+    return (SettingsError, DataError, DemoError, ProbeError, CheckpointError, TrainingDiverged, OutputDirInUse,
+            OutputDirTaken, FairseqCheckpointError, OSError)
 
 
 @contextmanager
