@@ -1,5 +1,7 @@
-"""The Hub's side of a model: feature extractor, `save_pretrained` folders, model cards and uploads."""
+"""The Hub's side of a model: feature extractor, `save_pretrained` folders, model cards, the check before a run
+that uploads, and the upload of a finished run."""
 
+import json
 import os
 import tempfile
 from importlib import resources
@@ -100,6 +102,82 @@ def write_model_card(folder: str | os.PathLike, template: str, **fields: Any) ->
     return path
 
 
+class HubError(OSError):
+    """The Hub cannot be reached, refuses the token, or will not take the repository; the message says which."""
+
+
+def widget_repo_id(repo_id: str, head: str) -> str:
+    """The repository of a classifier's `head` exported for the inference widget: `USER/NAME-pitch`, ..."""
+    return f"{repo_id}-{head}"
+
+
+def run_repo_ids(repo_id: str, heads: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """Every repository a run uploads to: the model's, then one per widget head."""
+    return [repo_id, *(widget_repo_id(repo_id, head) for head in heads)]
+
+
+def hub_failure(error: Exception) -> str:
+    """One line saying what went wrong talking to the Hub at `HF_ENDPOINT`."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.utils import httpx
+
+    said = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set, so the Hub is not contacted (unset it, or set HF_HUB_OFFLINE=0)"
+    if isinstance(error, LocalTokenNotFoundError):
+        return ("no Hub token: give --hub_token, set HF_TOKEN, or log in with `hf auth login` (a token with write "
+                "access)")
+    status = error.response.status_code if isinstance(error, HfHubHTTPError) and error.response is not None else None
+    if status == 401:
+        return (f"the Hub at {constants.ENDPOINT} refused the token (401 Unauthorized): give a valid --hub_token, "
+                "HF_TOKEN or `hf auth login`")
+    if status is not None:
+        return f"the Hub at {constants.ENDPOINT} answered {status}: {said}"
+    if isinstance(error, (httpx.TransportError, ConnectionError)):
+        return f"cannot reach the Hub at {constants.ENDPOINT} ({said})"
+    return said
+
+
+def hub_errors() -> tuple[type[BaseException], ...]:
+    """What talking to the Hub raises: huggingface_hub's HTTP errors, the HTTP client's (a refused connection is
+    not an `OSError` there), and `OSError`s (no token, offline mode, files)."""
+    from huggingface_hub.utils import httpx  # huggingface_hub's HTTP client, under the name it keeps stable
+
+    return (httpx.HTTPError, OSError)
+
+
+def check_hub_access(repo_ids: list[str], token: str | None = None) -> str:
+    """Before anything is trained: the Hub answers, the token is valid and may write, and each repository exists
+    or can be created (it is created now, empty, as transformers' `Trainer` does). Returns the user's name;
+    raises `HubError` saying what is wrong.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        user = api.whoami()
+    except hub_errors() as error:
+        raise HubError(f"uploading to {repo_ids[0]}: {hub_failure(error)}") from error
+    name = user.get("name", "")
+    role = user.get("auth", {}).get("accessToken", {}).get("role")
+    if role == "read":
+        raise HubError(f"uploading to {repo_ids[0]}: the Hub token of {name} is read-only; uploading needs a token with write access "
+                       "(--hub_token, HF_TOKEN or `hf auth login`)")
+    namespaces = [name, *(org.get("name") for org in user.get("orgs", []))]
+    for repo_id in repo_ids:
+        namespace = repo_id.split("/")[0] if "/" in repo_id else name
+        if namespace not in namespaces:
+            raise HubError(f"--hub_model_id {repo_id}: the token belongs to {name}, who cannot write to {namespace} "
+                           f"(it can write to {', '.join(namespaces)})")
+        try:
+            api.create_repo(repo_id, exist_ok=True)
+        except hub_errors() as error:
+            raise HubError(f"--hub_model_id {repo_id}: the repository cannot be created or written: "
+                           f"{hub_failure(error)}") from error
+    return name
+
+
 def push_folder(folder: str | os.PathLike, repo_id: str, token: str | None = None,
                 commit_message: str = "Upload model", ignore_patterns: list[str] | None = None) -> str:
     """Create `repo_id` if needed and upload `folder` to it, without checkpoints; returns the commit URL.
@@ -118,3 +196,63 @@ def push_folder(folder: str | os.PathLike, repo_id: str, token: str | None = Non
         ignore_patterns=ignore_patterns or ["checkpoints/*", ".*", "**/.*"],
     )
     return commit.commit_url
+
+
+#: The files that make a run folder a finished run: the final model and the results, which are written last.
+FINISHED_RUN_FILES = ("config.json", "model.safetensors", "all_results.json")
+
+
+def finished_run_problem(folder: str | os.PathLike) -> str | None:
+    """Why `folder` holds no finished run to upload (no folder; no final model or results), or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"no run folder {folder}"
+    missing = [name for name in FINISHED_RUN_FILES if not (folder / name).is_file()]
+    if missing:
+        return (f"{folder} holds no finished run: no {', '.join(missing)} (written when training ends; a run cut "
+                "off before then continues with its command and --resume_from_checkpoint latest)")
+    return None
+
+
+def run_widget_heads(folder: str | os.PathLike) -> list[str]:
+    """The heads a finished classifier run exported for the inference widget (`widget/<head>/`); none for a
+    pretraining run."""
+    from .training.layout import HEADS, RunLayout
+
+    return [head for head in HEADS if (RunLayout(folder).widget / head / "config.json").is_file()]
+
+
+def run_commit_message(folder: Path) -> str:
+    """What the upload of a finished run says it is: pretrained or fine-tuned, and for how many updates."""
+    steps = json.loads((folder / "all_results.json").read_text()).get("steps")
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    done = "fine-tuned on NSynth" if model_type == "music_wav2vec2" else "pretrained"
+    return f"wav2vec2 {done} ({steps} updates)"
+
+
+def push_run(folder: str | os.PathLike, repo_id: str, token: str | None = None) -> list[str]:
+    """Upload a finished run: the model folder to `repo_id` without its working state (checkpoints, features,
+    best model, widget exports, dot files), and a classifier's widget models to `repo_id-pitch` and
+    `repo_id-instrument`. Returns the commit URLs.
+
+    The one upload of a run: `--push_to_hub` at the end of training and `hf-music-w2v push` both call it, so a
+    run uploaded later is uploaded as it would have been. A failed upload raises `HubError` saying how to retry.
+    """
+    from .training.layout import RunLayout
+
+    layout = RunLayout(folder)
+    problem = finished_run_problem(layout.root)
+    if problem:
+        raise FileNotFoundError(problem)
+    retry = f"hf-music-w2v push {layout.root} --hub_model_id {repo_id}"
+    urls = []
+    try:
+        urls.append(push_folder(layout.root, repo_id, token=token, commit_message=run_commit_message(layout.root),
+                                ignore_patterns=[*(f"{name}/*" for name in layout.WORKING_DIRS), ".*", "**/.*"]))
+        for head in run_widget_heads(layout.root):
+            urls.append(push_folder(layout.widget / head, widget_repo_id(repo_id, head), token=token,
+                                    commit_message=f"{head} head as Wav2Vec2ForSequenceClassification"))
+    except hub_errors() as error:
+        raise HubError(f"uploading {layout.root} to {repo_id} failed: {hub_failure(error)}. The run is finished "
+                       f"and kept; to upload it, run: {retry}") from error
+    return urls

@@ -35,9 +35,9 @@ from ..export import export_widget_models
 from ..fingerprints import fingerprint_matches, notes_digest, weights_digest
 from ..hub import (
     music_feature_extractor,
-    push_folder,
     save_pretrained_atomic,
     save_pretrained_into,
+    widget_repo_id,
     write_model_card,
 )
 from ..modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification, masked_cross_entropy
@@ -312,6 +312,7 @@ class FinetuneTask(TrainingTask):
 
     name = "fine-tuning"
     evaluates = True
+    widget_heads = HEADS
 
     def settings(self) -> dict:
         return settings_of(self.args, self.run)
@@ -477,29 +478,14 @@ class FinetuneTask(TrainingTask):
                    "train_notes": len(self.sources["train"]), "valid_notes": len(self.sources["valid"]),
                    "test_notes": len(self.sources["test"])}
         examples = widget_examples(self.splits["test"], layout.root)
-        self.widget_folders = export_widget_models(unwrapped, layout.widget)
+        widget_folders = export_widget_models(unwrapped, layout.widget)
         card = card_fields(self, results, examples, unwrapped, accelerator.num_processes)
         write_model_card(layout.root, "finetuned", **card)
-        for head, folder in self.widget_folders.items():
+        for head, folder in widget_folders.items():
             shutil.copytree(layout.root / "widget_samples", folder / "widget_samples", dirs_exist_ok=True)
             write_model_card(folder, "widget_head",
                              **card_fields(self, results, examples, unwrapped, accelerator.num_processes, head=head))
         return results
-
-    def push(self, layout: RunLayout, state) -> None:
-        hub_model_id, token = self.run.hub_model_id, self.run.hub_token
-        url = push_folder(layout.root, hub_model_id, token=token,
-                          commit_message=f"wav2vec2 fine-tuned on NSynth ({state.step} updates)",
-                          ignore_patterns=[*(f"{name}/*" for name in layout.WORKING_DIRS), ".*", "**/.*"])
-        print(f"pushed to {url}")
-        for head, folder in self.widget_folders.items():
-            url = push_folder(folder, widget_repo_id(hub_model_id, head), token=token,
-                              commit_message=f"{head} head as Wav2Vec2ForSequenceClassification")
-            print(f"pushed the {head} widget model to {url}")
-
-
-def widget_repo_id(hub_model_id: str, head: str) -> str:
-    return f"{hub_model_id}-{head}"
 
 
 def card_fields(task: FinetuneTask, results: dict, examples: list[dict], model, num_processes: int,

@@ -23,7 +23,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 from ..audio import SAMPLING_RATE, normalize_audio
 from ..errors import naming
-from ..hub import music_feature_extractor, push_folder, save_pretrained_into, write_model_card
+from ..hub import music_feature_extractor, save_pretrained_into, write_model_card
 from ..presets import load_wav2vec2_config
 from .arguments import RunArguments, option, parse_arguments, settings_of
 from .engine import (
@@ -460,11 +460,6 @@ class PretrainTask(TrainingTask):
         )
         return {**{f"final_{k}": v for k, v in state.last_metrics.items() if k != "step"}, **run_summary(state),
                 "audio_hours_seen": state.audio_seconds_seen / 3600}
-
-    def push(self, layout, state) -> None:
-        url = push_folder(layout.root, self.run.hub_model_id, token=self.run.hub_token,
-                          commit_message=f"wav2vec2 pretrained on MusicNet for {state.step} updates")
-        print(f"pushed to {url}")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[PretrainArguments, RunArguments]:
