@@ -26,6 +26,7 @@ class LoopbackHub:
         self.requests: list[tuple[str, str]] = []
         self.commits: dict[str, list[str]] = {}
         self.card_metadata: dict | None = None
+        self.refuse_commits = False  # True: every commit is answered 500, as by a Hub outage mid-upload
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -85,6 +86,8 @@ class LoopbackHub:
                     files = json.loads(body)["files"]
                     self._json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
                                           for f in files]})
+                elif "/commit/" in path and hub.refuse_commits:
+                    self._json({"error": "Internal Error"}, 500)
                 elif "/commit/" in path:
                     repo_id = path.removeprefix("/api/models/").split("/commit/")[0]
                     self._commit(repo_id, body)
