@@ -152,10 +152,13 @@ def check_hub_access(repo_ids: list[str], token: str | None = None) -> str:
     or can be created (it is created now, empty, as transformers' `Trainer` does). Returns the user's name;
     raises `HubError` saying what is wrong.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
     api = HfApi(token=token)
     try:
+        if constants.HF_HUB_OFFLINE:  # said first: offline, a missing token is beside the point
+            raise OfflineModeIsEnabled("HF_HUB_OFFLINE is set")
         user = api.whoami()
     except hub_errors() as error:
         raise HubError(f"uploading to {repo_ids[0]}: {hub_failure(error)}") from error
