@@ -51,6 +51,10 @@ def published(folder) -> dict[str, bytes]:
             and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
 
 
+#: A token given on the command line, which must end up in no file of the run.
+SECRET = "hf_given_with_hub_token"
+
+
 @pytest.fixture
 def hub(tmp_path):
     server = LoopbackHub(tmp_path / "hub", tokens={"hf_loopback": "write", "hf_read_only": "read"}).start()
@@ -60,14 +64,16 @@ def hub(tmp_path):
 
 @pytest.fixture(scope="module")
 def failed_upload(tmp_path_factory, mini_root, tiny_config_file):
-    """A tiny pretraining run with --push_to_hub whose upload the Hub refuses after the check passed."""
+    """A tiny pretraining run with --push_to_hub whose upload the Hub refuses after the check passed. Its token
+    is given with --hub_token."""
     root = tmp_path_factory.mktemp("failed_upload")
-    server = LoopbackHub(root / "hub").start()
+    server = LoopbackHub(root / "hub", tokens={SECRET: "write"}).start()
     server.refuse_commits = True
     out = root / "out"
     try:
         result = run_program("pretrain", pretrain(mini_root, tiny_config_file, out, "--push_to_hub", "--hub_model_id",
-                                                  "me/w2v-music"), **hub_vars(server.url, root / "hf_home"))
+                                                  "me/w2v-music", "--hub_token", SECRET),
+                             **{**hub_vars(server.url, root / "hf_home"), "HF_TOKEN": ""})
     finally:
         server.stop()
     return {"result": result, "out": out, "hub": server}
@@ -100,6 +106,12 @@ def test_a_failed_upload_keeps_the_finished_run_and_says_how_to_retry(failed_upl
     assert line.endswith(f"run: hf-music-w2v push {out} --hub_model_id me/w2v-music")
     assert RunLayout(out).is_finished()
     assert not any(failed_upload["hub"].repo_dir("me/w2v-music").iterdir())  # created by the check, nothing in it
+
+
+def test_the_token_given_on_the_command_line_is_in_no_file_of_the_run(failed_upload):
+    files = [p for p in failed_upload["out"].rglob("*") if p.is_file()]
+    assert any(p.name == "README.md" for p in files) and any(p.name == "run_settings.json" for p in files)
+    assert [p for p in files if SECRET.encode() in p.read_bytes()] == []
 
 
 def test_the_retry_command_uploads_the_run_as_the_run_would_have(failed_upload, hub, tmp_path):

@@ -14,7 +14,6 @@ per head for the inference widget (`widget/`).
 """
 
 import json
-import shlex
 import shutil
 import time
 from collections.abc import Iterator
@@ -43,7 +42,7 @@ from ..hub import (
 from ..modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification, masked_cross_entropy
 from ..plotting import save_confusion_matrix_png
 from ..presets import PRESET_PREFIX, is_preset, load_wav2vec2_config
-from .arguments import RunArguments, option, parse_arguments, settings_of
+from .arguments import RunArguments, command_line, option, parse_arguments, settings_of
 from .engine import (
     TrainingTask,
     UpdateBatchSampler,
@@ -528,7 +527,7 @@ def card_fields(task: FinetuneTask, results: dict, examples: list[dict], model, 
         args={**vars(args), **vars(run)},
         num_processes=num_processes,
         num_parameters=sum(p.numel() for p in model.parameters()),
-        command=shlex.join(["hf-music-w2v", "finetune", *task.argv]),
+        command=command_line("finetune", task.argv),
     )
     if is_hub_id and not args.random_init:
         fields["base_model"] = base

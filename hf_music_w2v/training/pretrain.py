@@ -12,7 +12,6 @@ normalised by the masked frames of all its micro-batches on all processes.
 """
 
 import math
-import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..audio import SAMPLING_RATE, normalize_audio
 from ..errors import naming
 from ..hub import music_feature_extractor, save_pretrained_into, write_model_card
 from ..presets import load_wav2vec2_config
-from .arguments import RunArguments, option, parse_arguments, settings_of
+from .arguments import RunArguments, command_line, option, parse_arguments, settings_of
 from .engine import (
     TrainingTask,
     UpdateBatchSampler,
@@ -446,7 +445,7 @@ class PretrainTask(TrainingTask):
             tags=["audio", "music", "wav2vec2", "self-supervised", "pretraining"],
             datasets=[] if self.args.audio_dir else ["musicnet"],
             data_name=f"the audio under {Path(self.args.audio_dir).name}/" if self.args.audio_dir else "MusicNet",
-            command=shlex.join(["hf-music-w2v", "pretrain", *self.argv]),
+            command=command_line("pretrain", self.argv),
             steps=state.step,
             hours_of_audio=state.audio_seconds_seen / 3600,
             train_hours=state.train_seconds / 3600,
