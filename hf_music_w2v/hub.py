@@ -3,6 +3,8 @@ that uploads, and the upload of a finished run."""
 
 import json
 import os
+import re
+import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -182,23 +184,53 @@ def check_hub_access(repo_ids: list[str], token: str | None = None) -> str:
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, token: str | None = None,
-                commit_message: str = "Upload model", ignore_patterns: list[str] | None = None) -> str:
+                commit_message: str = "Upload model", ignore_patterns: list[str] | None = None,
+                card: str | None = None) -> str:
     """Create `repo_id` if needed and upload `folder` to it, without checkpoints; returns the commit URL.
 
-    The Hub address comes from `HF_ENDPOINT` (default https://huggingface.co), so a mirror or a local test
-    server works the same way.
+    `card`: the README.md to upload instead of the folder's (which is left as it is). The Hub address comes
+    from `HF_ENDPOINT` (default https://huggingface.co), so a mirror or a local test server works the same way.
     """
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     api.create_repo(repo_id, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        commit_message=commit_message,
-        ignore_patterns=ignore_patterns or ["checkpoints/*", ".*", "**/.*"],
-    )
-    return commit.commit_url
+    ignore_patterns = ignore_patterns or ["checkpoints/*", ".*", "**/.*"]
+    if card is None:
+        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                                 ignore_patterns=ignore_patterns).commit_url
+    # One commit with the other card: a copy of the folder made of hard links (no data copied), in a dot folder
+    # inside it (same file system; dot files are never uploaded), with its own README.md.
+    with tempfile.TemporaryDirectory(prefix=".push.tmp-", dir=folder) as staging:
+        copy = Path(staging) / "upload"
+        shutil.copytree(folder, copy, copy_function=link_or_copy, ignore=shutil.ignore_patterns(".*"))
+        (copy / "README.md").unlink(missing_ok=True)  # a link to the run's card: replaced, not written through
+        (copy / "README.md").write_text(card)
+        return api.upload_folder(repo_id=repo_id, folder_path=str(copy), commit_message=commit_message,
+                                 ignore_patterns=ignore_patterns).commit_url
+
+
+def link_or_copy(source: str, target: str) -> None:
+    """A hard link where the file system has them, else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+#: What a model card says where its repository's name goes when the run was not given one (`--hub_model_id`).
+CARD_PLACEHOLDER = "PATH_OR_HUB_ID"
+
+
+def card_for_repository(text: str, repo_id: str, written_for: str | None = None) -> str:
+    """A run's model card naming `repo_id` where it names the placeholder, or `written_for` (the repository the
+    run was given, if another); names of widget repositories (`-pitch`, `-instrument`) follow."""
+    from .training.layout import HEADS
+
+    heads = "|".join(f"-{head}" for head in HEADS)
+    for name in {CARD_PLACEHOLDER, written_for or CARD_PLACEHOLDER} - {repo_id}:
+        text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?=(?:{heads})?(?![\w-]|\.\w))", repo_id, text)
+    return text
 
 
 #: The files that make a run folder a finished run: the final model and the results, which are written last.
@@ -239,7 +271,9 @@ def push_run(folder: str | os.PathLike, repo_id: str, token: str | None = None) 
     `repo_id-instrument`. Returns the commit URLs.
 
     The one upload of a run: `--push_to_hub` at the end of training and `hf-music-w2v push` both call it, so a
-    run uploaded later is uploaded as it would have been. A failed upload raises `HubError` saying how to retry.
+    run uploaded later is uploaded as it would have been. Cards written without a repository name, or for
+    another repository, are uploaded naming `repo_id` (the run's own are left as they are). A failed upload
+    raises `HubError` saying how to retry.
     """
     from .training.layout import RunLayout
 
@@ -248,13 +282,24 @@ def push_run(folder: str | os.PathLike, repo_id: str, token: str | None = None) 
     if problem:
         raise FileNotFoundError(problem)
     retry = f"hf-music-w2v push {layout.root} --hub_model_id {repo_id}"
+    written_for = json.loads(layout.settings.read_text()).get("hub_model_id") if layout.settings.is_file() else None
+
+    def card(folder: Path) -> str | None:
+        """The folder's card for `repo_id`, if it names another repository or none."""
+        path = folder / "README.md"
+        text = path.read_text() if path.is_file() else None
+        retargeted = text and card_for_repository(text, repo_id, written_for)
+        return retargeted if retargeted != text else None
+
     urls = []
     try:
         urls.append(push_folder(layout.root, repo_id, token=token, commit_message=run_commit_message(layout.root),
-                                ignore_patterns=[*(f"{name}/*" for name in layout.WORKING_DIRS), ".*", "**/.*"]))
+                                ignore_patterns=[*(f"{name}/*" for name in layout.WORKING_DIRS), ".*", "**/.*"],
+                                card=card(layout.root)))
         for head in run_widget_heads(layout.root):
             urls.append(push_folder(layout.widget / head, widget_repo_id(repo_id, head), token=token,
-                                    commit_message=f"{head} head as Wav2Vec2ForSequenceClassification"))
+                                    commit_message=f"{head} head as Wav2Vec2ForSequenceClassification",
+                                    card=card(layout.widget / head)))
     except hub_errors() as error:
         raise HubError(f"uploading {layout.root} to {repo_id} failed: {hub_failure(error)}. The run is finished "
                        f"and kept; to upload it, run: {retry}") from error

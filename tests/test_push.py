@@ -9,8 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from huggingface_hub import ModelCard
 
-from hf_music_w2v.hub import FINISHED_RUN_FILES
+from hf_music_w2v.hub import CARD_PLACEHOLDER, FINISHED_RUN_FILES, card_for_repository
 from hf_music_w2v.training.layout import RunLayout
 
 from .conftest import PRETRAIN_BASE_ARGS, program_env, run_program
@@ -143,16 +144,36 @@ def test_resuming_a_finished_run_with_push_to_hub_uploads_it(failed_upload, hub,
 
 @pytest.mark.slow
 def test_push_uploads_a_classifier_with_its_two_widget_repositories(classifier_run, hub, tmp_path):
-    result = cli("push", str(classifier_run), "--hub_model_id", "me/w2v-nsynth",
-                 **hub_vars(hub.url, tmp_path / "hf_home"))
+    card_before = (classifier_run / "README.md").read_text()
+    result = cli("push", str(classifier_run), "--hub_model_id", "me/w2v-nsynth", **hub_vars(hub.url, tmp_path / "hf"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert published(hub.repo_dir("me/w2v-nsynth")) == published(classifier_run)
-    assert "modeling_music_wav2vec2.py" in published(classifier_run)
+    assert result.stdout.count("pushed to ") == 3
+    received = published(hub.repo_dir("me/w2v-nsynth"))
+    assert "modeling_music_wav2vec2.py" in received
+    assert received == {**published(classifier_run), "README.md": received["README.md"]}
     for head in ("pitch", "instrument"):
         widget = published(hub.repo_dir(f"me/w2v-nsynth-{head}"))
-        assert widget == published(classifier_run / "widget" / head)
         assert {"model.safetensors", "config.json", "README.md"} <= set(widget)
-    assert result.stdout.count("pushed to ") == 3
+        assert widget == {**published(classifier_run / "widget" / head), "README.md": widget["README.md"]}
+    # The run had no --hub_model_id: its cards name a placeholder, and the uploaded ones the repositories.
+    assert CARD_PLACEHOLDER in card_before and (classifier_run / "README.md").read_text() == card_before
+    card = received["README.md"].decode()
+    assert CARD_PLACEHOLDER not in card and 'AutoModel.from_pretrained("me/w2v-nsynth", trust_remote_code=True)' in card
+    assert card == card_for_repository(card_before, "me/w2v-nsynth")
+    widget_card = ModelCard.load(hub.repo_dir("me/w2v-nsynth-pitch") / "README.md")
+    assert 'pipeline("audio-classification", model="me/w2v-nsynth-pitch")' in widget_card.text
+    assert all("/me/w2v-nsynth-pitch/resolve/main/widget_samples/" in entry["src"]
+               for entry in widget_card.data.widget)
+    assert not [p for p in classifier_run.iterdir() if p.name.startswith(".push")]
+
+
+def test_a_card_names_the_repository_it_is_uploaded_to():
+    text = ('from_pretrained("me/w2v") [me/w2v](../me/w2v) me/w2v-pitch me/w2v-base me/w2v2 me/w2v. '
+            f"{CARD_PLACEHOLDER}-instrument https://hub/{CARD_PLACEHOLDER}/resolve/main/a.wav")
+    assert card_for_repository(text, "you/x", written_for="me/w2v") == (
+        'from_pretrained("you/x") [you/x](../you/x) you/x-pitch me/w2v-base me/w2v2 you/x. '
+        "you/x-instrument https://hub/you/x/resolve/main/a.wav")
+    assert card_for_repository(text, "me/w2v", written_for="me/w2v") == text.replace(CARD_PLACEHOLDER, "me/w2v")
 
 
 @pytest.mark.parametrize("case", ["no final model", "no folder", "offline", "unreachable", "no token",

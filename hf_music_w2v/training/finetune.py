@@ -33,6 +33,7 @@ from ..errors import naming
 from ..export import export_widget_models
 from ..fingerprints import fingerprint_matches, notes_digest, weights_digest
 from ..hub import (
+    CARD_PLACEHOLDER,
     music_feature_extractor,
     save_pretrained_atomic,
     save_pretrained_into,
@@ -493,8 +494,10 @@ def card_fields(task: FinetuneTask, results: dict, examples: list[dict], model, 
     from huggingface_hub import EvalResult, constants
 
     args, run = task.args, task.run
-    repo_id = widget_repo_id(run.hub_model_id, head) if head and run.hub_model_id else run.hub_model_id
-    model_name = repo_id.split("/")[-1] if repo_id else Path(run.output_dir).name
+    # Without --hub_model_id the card names a placeholder, which `push_run` replaces by the repository's name.
+    parent_id = run.hub_model_id or CARD_PLACEHOLDER
+    repo_id = widget_repo_id(parent_id, head) if head else parent_id
+    model_name = repo_id.split("/")[-1] if run.hub_model_id else Path(run.output_dir).name
     heads = [head] if head else list(HEADS)
     titles = {"pitch": "Pitch accuracy", "instrument": "Instrument family accuracy"}
     eval_results = [
@@ -506,7 +509,7 @@ def card_fields(task: FinetuneTask, results: dict, examples: list[dict], model, 
     base = args.model_name_or_path
     # The card's base_model must be a Hub id; local folders and presets are described in the text instead.
     is_hub_id = base.count("/") == 1 and not Path(base).exists() and not is_preset(base)
-    widget = [{"src": f"{constants.ENDPOINT}/{repo_id}/resolve/main/{e['file']}" if repo_id else e["file"],
+    widget = [{"src": f"{constants.ENDPOINT}/{repo_id}/resolve/main/{e['file']}",
                "example_title": f"{e['family']} {e['pitch_name']} (NSynth test {e['note_str']})"}
               for e in examples]
     fields = dict(
@@ -516,8 +519,8 @@ def card_fields(task: FinetuneTask, results: dict, examples: list[dict], model, 
         model_name=model_name,
         eval_results=eval_results,
         widget=widget,
-        model_id=repo_id or "PATH_OR_HUB_ID",
-        parent_id=run.hub_model_id or "PATH_OR_HUB_ID",
+        model_id=repo_id,
+        parent_id=parent_id,
         head=head,
         base=base,
         init="random initialisation" if args.random_init or is_preset(base) else f"`{base}`",

@@ -22,7 +22,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 from ..audio import SAMPLING_RATE, normalize_audio
 from ..errors import naming
-from ..hub import music_feature_extractor, save_pretrained_into, write_model_card
+from ..hub import CARD_PLACEHOLDER, music_feature_extractor, save_pretrained_into, write_model_card
 from ..presets import load_wav2vec2_config
 from .arguments import RunArguments, command_line, option, parse_arguments, settings_of
 from .engine import (
@@ -446,6 +446,7 @@ class PretrainTask(TrainingTask):
             datasets=[] if self.args.audio_dir else ["musicnet"],
             data_name=f"the audio under {Path(self.args.audio_dir).name}/" if self.args.audio_dir else "MusicNet",
             command=command_line("pretrain", self.argv),
+            model_id=run.hub_model_id or CARD_PLACEHOLDER,
             steps=state.step,
             hours_of_audio=state.audio_seconds_seen / 3600,
             train_hours=state.train_seconds / 3600,
