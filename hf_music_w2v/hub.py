@@ -167,8 +167,8 @@ def check_hub_access(repo_ids: list[str], token: str | None = None) -> str:
     name = user.get("name", "")
     role = user.get("auth", {}).get("accessToken", {}).get("role")
     if role == "read":
-        raise HubError(f"uploading to {repo_ids[0]}: the Hub token of {name} is read-only; uploading needs a token with write access "
-                       "(--hub_token, HF_TOKEN or `hf auth login`)")
+        raise HubError(f"uploading to {repo_ids[0]}: the Hub token of {name} is read-only; uploading needs a token "
+                       "with write access (--hub_token, HF_TOKEN or `hf auth login`)")
     namespaces = [name, *(org.get("name") for org in user.get("orgs", []))]
     for repo_id in repo_ids:
         namespace = repo_id.split("/")[0] if "/" in repo_id else name

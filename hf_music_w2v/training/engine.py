@@ -245,7 +245,6 @@ class TrainingTask:
         raise NotImplementedError
 
 
-
 def on_main_process(accelerator, action, errors: tuple[type[BaseException], ...]) -> None:
     """Run `action` on the main process alone; if it raises one of `errors`, every process stops with its message."""
     message = None
