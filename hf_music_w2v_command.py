@@ -24,6 +24,7 @@ COMMANDS = {
     "convert-fairseq": "a fairseq wav2vec 2.0 pretraining checkpoint (e.g. the paper's) as a "
                        "Wav2Vec2ForPreTraining folder, read weights-only without fairseq",
     "export-onnx": "the two-head classifier as one ONNX graph (needs the onnx extra)",
+    "push": "upload a finished pretraining or fine-tuning run to the Hub, as --push_to_hub would have",
 }
 
 

@@ -10,6 +10,7 @@
     hf-music-w2v export-onnx MODEL model.onnx
     hf-music-w2v probe MODEL --nsynth_dir DIR --output_dir OUT [--layers 0 6 12] [--pitch_classes 88]
     hf-music-w2v convert-fairseq CHECKPOINT.pt OUTPUT_DIR
+    hf-music-w2v push RUN_DIR --hub_model_id USER/NAME [--hub_token TOKEN]
 """
 
 import argparse
@@ -335,6 +336,19 @@ def run_convert_fairseq(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_push(args: argparse.Namespace) -> int:
+    from .hub import check_hub_access, finished_run_problem, push_run, run_repo_ids, run_widget_heads
+
+    problem = finished_run_problem(args.run_dir)
+    if problem:
+        raise FileNotFoundError(problem)
+    user = check_hub_access(run_repo_ids(args.hub_model_id, run_widget_heads(args.run_dir)), args.hub_token)
+    print(f"uploading {args.run_dir} to {args.hub_model_id} as {user}")
+    for url in push_run(args.run_dir, args.hub_model_id, token=args.hub_token):
+        print(f"pushed to {url}")
+    return 0
+
+
 def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     from .probing import PROBES, TASKS, ProbeSettings
 
@@ -466,6 +480,17 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("output", help="the .onnx file to write")
     onnx.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     onnx.set_defaults(handler=run_export_onnx)
+
+    push = commands.add_parser(
+        "push", help=COMMANDS["push"],
+        description="Upload the output folder of a finished run (its model, card and results, no checkpoints) to "
+                    "USER/NAME, and for a fine-tuned classifier each head's widget model to USER/NAME-pitch and "
+                    "USER/NAME-instrument. The Hub, the token and the repositories are checked first.")
+    push.add_argument("run_dir", help="the --output_dir of a finished hf-music-w2v pretrain or finetune run")
+    push.add_argument("--hub_model_id", required=True, help="the repository to upload to, e.g. user/w2v-nsynth")
+    push.add_argument("--hub_token", default=None, help="Hub token with write access (default: HF_TOKEN or the "
+                                                        "logged-in user's)")
+    push.set_defaults(handler=run_push)
     return parser
 
 

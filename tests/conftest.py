@@ -104,7 +104,7 @@ def pretrain_args(mini_root, tiny_config_file):
 
 def program_env(**extra) -> dict:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return dict(os.environ, PYTHONPATH=repo, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **extra)
+    return {**os.environ, "PYTHONPATH": repo, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **extra}
 
 
 def run_program(name: str, args: list[str], timeout: int = 600, **extra):

@@ -1,5 +1,6 @@
 """A Hugging Face Hub stand-in on loopback: enough of the HTTP API for `create_repo`, `upload_folder` and
-`from_pretrained` (through `HF_ENDPOINT`), storing what it receives as plain files under a folder.
+`from_pretrained` (through `HF_ENDPOINT`), storing what it receives as plain files under a folder. `whoami`
+knows the tokens in `tokens` (token -> role, "write" or "read"), all of the user `user`; others get 401.
 
     server = LoopbackHub(tmp_path / "hub"); server.start(); ... server.url ...; server.stop()
 """
@@ -17,12 +18,15 @@ import yaml
 
 
 class LoopbackHub:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, user: str = "me", tokens: dict[str, str] | None = None):
         self.root = Path(root)
+        self.user = user
+        self.tokens = {"hf_loopback": "write"} if tokens is None else tokens
         self.root.mkdir(parents=True, exist_ok=True)
         self.requests: list[tuple[str, str]] = []
         self.commits: dict[str, list[str]] = {}
         self.card_metadata: dict | None = None
+        self.refuse_commits = False  # True: every commit is answered 500, as by a Hub outage mid-upload
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -82,6 +86,8 @@ class LoopbackHub:
                     files = json.loads(body)["files"]
                     self._json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
                                           for f in files]})
+                elif "/commit/" in path and hub.refuse_commits:
+                    self._json({"error": "Internal Error"}, 500)
                 elif "/commit/" in path:
                     repo_id = path.removeprefix("/api/models/").split("/commit/")[0]
                     self._commit(repo_id, body)
@@ -118,6 +124,8 @@ class LoopbackHub:
             def _resolve(self, send_body):
                 path = unquote(urlparse(self.path).path).lstrip("/")
                 hub.requests.append(("GET" if send_body else "HEAD", "/" + path))
+                if path == "api/whoami-v2":
+                    return self._whoami()
                 if "/resolve/" not in path:
                     return self._repo_info(path, send_body)
                 repo_id, rest = path.split("/resolve/", 1)
@@ -137,6 +145,13 @@ class LoopbackHub:
                 self.end_headers()
                 if send_body:
                     self.wfile.write(data)
+
+            def _whoami(self):
+                token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                if token not in hub.tokens:
+                    return self._json({"error": "Invalid credentials in Authorization header"}, 401)
+                self._json({"type": "user", "name": hub.user, "orgs": [],
+                            "auth": {"type": "access_token", "accessToken": {"role": hub.tokens[token]}}})
 
             def _repo_info(self, path, send_body):
                 # GET /api/models/{repo_id}[/revision/{rev}]: what `model_info` / `repo_info` read.

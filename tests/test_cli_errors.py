@@ -53,8 +53,9 @@ def finetune_args(model, nsynth, output_dir, *extra) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["config-only model", "empty model folder", "empty init_from", "musicnet as nsynth", "offline hub id", "too few examples",
-                                  "tracker not installed", "missing recipe"])
+@pytest.mark.parametrize("case", ["config-only model", "empty model folder", "empty init_from", "musicnet as nsynth",
+                                  "offline hub id", "too few examples", "tracker not installed", "missing recipe",
+                                  "push to an offline Hub"])
 def test_a_training_mistake_is_one_line(case, folders, mini_root, tiny_config_file, tmp_path):
     out = tmp_path / "out"
     nsynth = mini_root / "nsynth"
@@ -76,6 +77,8 @@ def test_a_training_mistake_is_one_line(case, folders, mini_root, tiny_config_fi
                              ("fewer than one update needs",)),
         "tracker not installed": ([*pretrain, "--report_to", "wandb"], ("--report_to wandb", "pip install wandb")),
         "missing recipe": ([*pretrain, "--recipe", "no-such-recipe"], ("--recipe no-such-recipe",)),
+        "push to an offline Hub": ([*pretrain, "--push_to_hub", "--hub_model_id", "me/w2v"],
+                                   ("uploading to me/w2v: HF_HUB_OFFLINE is set",)),
     }[case]
     assert_one_error_line(cli(*command), *expected)
     assert not RunLayout(out).is_finished()

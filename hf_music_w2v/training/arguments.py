@@ -7,6 +7,7 @@ user's, so flags given on the command line override the file.
 """
 
 import json
+import shlex
 import sys
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -185,13 +186,31 @@ def check_run_arguments(args: RunArguments) -> list[str]:
     return problems
 
 
+#: Options whose values are secrets: kept out of every file a run writes, since the run folder is uploaded.
+SECRET_OPTIONS = ("hub_token",)
+
+
 def settings_of(*arguments) -> dict:
-    """Every option of a run as one flat dict (what `run_settings.json` holds)."""
+    """Every option of a run but the secrets, as one flat dict (what `run_settings.json` holds)."""
     settings = {}
     for args in arguments:
         settings.update(asdict(args))
-    return settings
+    return {name: value for name, value in settings.items() if name not in SECRET_OPTIONS}
 
 
-__all__ = ["EXTENDABLE", "OPERATIONAL", "RunArguments", "build_parser", "option", "parse_arguments", "recipe_file",
-           "recipe_flags", "settings_of"]
+def command_line(program: str, argv: list[str]) -> str:
+    """`hf-music-w2v PROGRAM ARGV` as one shell line for the model card, secret options and their values left out."""
+    secret_flags = [f"--{name}" for name in SECRET_OPTIONS]
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in secret_flags:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in secret_flags)):
+            kept.append(arg)
+    return shlex.join(["hf-music-w2v", program, *kept])
+
+
+__all__ = ["EXTENDABLE", "OPERATIONAL", "RunArguments", "SECRET_OPTIONS", "build_parser", "command_line", "option",
+           "parse_arguments", "recipe_file", "recipe_flags", "settings_of"]

@@ -1,8 +1,8 @@
 """The training loop, once, for pretraining and fine-tuning alike.
 
 A `TrainingTask` supplies what differs (data, model, one update, evaluation, outputs); `train` does the rest
-in one readable order: model -> accelerator -> output folder claimed -> data -> optimizer and schedule ->
-prepare -> resume (or extend) -> loop -> outputs -> results (last) -> upload.
+in one readable order: model -> accelerator -> Hub checked (`--push_to_hub`) -> output folder claimed -> data ->
+optimizer and schedule -> prepare -> resume (or extend) -> loop -> outputs -> results (last) -> upload.
 
 Extending: a run resumed with a higher --max_train_steps or --num_train_epochs continues from its newest
 checkpoint, finished or not. Its learning rate then follows the warmup-and-linear-decay schedule of the new
@@ -40,6 +40,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from ..allocator import keep_freed_memory
 from ..errors import SettingsError
+from ..hub import HubError, check_hub_access, push_run, run_repo_ids
 from ..precision import bf16_is_native
 from .arguments import EXTENDABLE, OPERATIONAL, RunArguments
 from .checkpoints import TrainerState, params_finite, reset_metrics_log, restore_checkpoint, save_checkpoint
@@ -199,6 +200,7 @@ class TrainingTask:
     name = "train"  # the program's name: tracker project, progress bar
     streaming = False  # True when the epoch's length is unknown until the data runs out
     evaluates = False  # True when `evaluate` scores each epoch (and the best epoch is kept)
+    widget_heads: tuple[str, ...] = ()  # heads exported to widget/<head>/, each pushed to its own repository
 
     def __init__(self, args, run: RunArguments, argv: list[str]):
         self.args, self.run, self.argv = args, run, argv
@@ -259,28 +261,49 @@ class TrainingTask:
         """
         raise NotImplementedError
 
-    def push(self, layout: RunLayout, state: TrainerState) -> None:
-        """Upload the finished run (`--push_to_hub`)."""
+
+def on_main_process(accelerator, action, errors: tuple[type[BaseException], ...]) -> None:
+    """Run `action` on the main process alone; if it raises one of `errors`, every process stops with its message."""
+    message = None
+    if accelerator.is_main_process:
+        try:
+            action()
+        except errors as error:
+            message = " ".join(str(error).split())
+    message = broadcast_object_list([message])[0] if accelerator.num_processes > 1 else message
+    if message:
+        raise SystemExit(f"error: {message}" if accelerator.is_main_process else 1)  # one line, not one per process
 
 
 def claim_output_dir(accelerator, layout: RunLayout, task: TrainingTask) -> None:
     """Lock the output folder for this run and check it holds no other run; every process stops on failure."""
-    message = None
-    if accelerator.is_main_process:
-        try:
-            previous = layout.lock()
-            if previous and "pid" in previous:
-                accelerator.print(f"took over the lock of {layout.root} from a run that is gone ({previous})")
-            note = layout.claim(task.settings(), resuming=task.run.resume_from_checkpoint is not None,
-                                overwrite=task.run.overwrite_output_dir, operational=OPERATIONAL,
-                                extendable=EXTENDABLE)
-            if note:
-                accelerator.print(note)
-        except (OutputDirInUse, OutputDirTaken) as error:
-            message = str(error)
-    message = broadcast_object_list([message])[0] if accelerator.num_processes > 1 else message
-    if message:
-        raise SystemExit(f"error: {message}" if accelerator.is_main_process else 1)  # one line, not one per process
+    def claim() -> None:
+        previous = layout.lock()
+        if previous and "pid" in previous:
+            accelerator.print(f"took over the lock of {layout.root} from a run that is gone ({previous})")
+        note = layout.claim(task.settings(), resuming=task.run.resume_from_checkpoint is not None,
+                            overwrite=task.run.overwrite_output_dir, operational=OPERATIONAL,
+                            extendable=EXTENDABLE)
+        if note:
+            accelerator.print(note)
+
+    on_main_process(accelerator, claim, (OutputDirInUse, OutputDirTaken))
+
+
+def check_hub(accelerator, task: TrainingTask) -> None:
+    """`--push_to_hub`: the Hub, the token and the repositories are checked before the output folder is claimed
+    and any data is read, so an upload that cannot work fails now, not after training."""
+    def check() -> None:
+        user = check_hub_access(run_repo_ids(task.run.hub_model_id, task.widget_heads), task.run.hub_token)
+        accelerator.print(f"the Hub takes the upload: {task.run.hub_model_id} is writable by {user}")
+
+    on_main_process(accelerator, check, (HubError,))
+
+
+def push(accelerator, layout: RunLayout, run: RunArguments) -> None:
+    """Upload the finished run (`--push_to_hub`), as `hf-music-w2v push` would."""
+    for url in push_run(layout.root, run.hub_model_id, token=run.hub_token):
+        accelerator.print(f"pushed to {url}")
 
 
 #: The trackers `--report_to` takes, and the package each needs.
@@ -334,9 +357,17 @@ def train_in(task: TrainingTask, layout: RunLayout, stops: StopRequests) -> int:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=task.find_unused_parameters)],
     )
     check_launch(accelerator)
+    if run.push_to_hub:
+        check_hub(accelerator, task)
     claim_output_dir(accelerator, layout, task)
     if layout.is_finished() and run.resume_from_checkpoint is not None:
-        accelerator.print(f"{layout.root} holds a finished run ({layout.RESULTS}); nothing to do")
+        if not run.push_to_hub:
+            accelerator.print(f"{layout.root} holds a finished run ({layout.RESULTS}); nothing to do")
+            return 0
+        # A run whose upload failed is finished: resuming it with --push_to_hub uploads it.
+        accelerator.print(f"{layout.root} holds a finished run ({layout.RESULTS}); nothing to train, uploading it")
+        if accelerator.is_main_process:
+            push(accelerator, layout, run)
         return 0
     accelerator.print(f"{task.name} on {accelerator.num_processes} process(es), device {accelerator.device}, "
                       f"mixed precision {accelerator.mixed_precision}")
@@ -490,10 +521,10 @@ def train_in(task: TrainingTask, layout: RunLayout, stops: StopRequests) -> int:
     results = task.finish(accelerator, model, state, layout)
     if accelerator.is_main_process:
         layout.write_results(results)
-        if run.push_to_hub:
-            task.push(layout, state)
         accelerator.print(f"saved the {task.name} output to {layout.root}")
     accelerator.end_training()
+    if run.push_to_hub and accelerator.is_main_process:
+        push(accelerator, layout, run)
     return 0
 
 

@@ -14,7 +14,6 @@ per head for the inference widget (`widget/`).
 """
 
 import json
-import shlex
 import shutil
 import time
 from collections.abc import Iterator
@@ -33,19 +32,20 @@ from ..errors import naming
 from ..export import export_widget_models
 from ..fingerprints import fingerprint_matches, notes_digest, weights_digest
 from ..hub import (
+    CARD_PLACEHOLDER,
     load_pretrained,
     model_location_problem,
     music_feature_extractor,
-    push_folder,
     quiet_loading,
     save_pretrained_atomic,
     save_pretrained_into,
+    widget_repo_id,
     write_model_card,
 )
 from ..modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification, masked_cross_entropy
 from ..plotting import save_confusion_matrix_png
 from ..presets import PRESET_PREFIX, is_preset, load_wav2vec2_config
-from .arguments import RunArguments, option, parse_arguments, settings_of
+from .arguments import RunArguments, command_line, option, parse_arguments, settings_of
 from .engine import (
     TrainingTask,
     UpdateBatchSampler,
@@ -296,6 +296,7 @@ class FinetuneTask(TrainingTask):
 
     name = "fine-tuning"
     evaluates = True
+    widget_heads = HEADS
 
     def settings(self) -> dict:
         return settings_of(self.args, self.run)
@@ -461,29 +462,14 @@ class FinetuneTask(TrainingTask):
                    "train_notes": len(self.sources["train"]), "valid_notes": len(self.sources["valid"]),
                    "test_notes": len(self.sources["test"])}
         examples = widget_examples(self.splits["test"], layout.root)
-        self.widget_folders = export_widget_models(unwrapped, layout.widget)
+        widget_folders = export_widget_models(unwrapped, layout.widget)
         card = card_fields(self, results, examples, unwrapped, accelerator.num_processes)
         write_model_card(layout.root, "finetuned", **card)
-        for head, folder in self.widget_folders.items():
+        for head, folder in widget_folders.items():
             shutil.copytree(layout.root / "widget_samples", folder / "widget_samples", dirs_exist_ok=True)
             write_model_card(folder, "widget_head",
                              **card_fields(self, results, examples, unwrapped, accelerator.num_processes, head=head))
         return results
-
-    def push(self, layout: RunLayout, state) -> None:
-        hub_model_id, token = self.run.hub_model_id, self.run.hub_token
-        url = push_folder(layout.root, hub_model_id, token=token,
-                          commit_message=f"wav2vec2 fine-tuned on NSynth ({state.step} updates)",
-                          ignore_patterns=[*(f"{name}/*" for name in layout.WORKING_DIRS), ".*", "**/.*"])
-        print(f"pushed to {url}")
-        for head, folder in self.widget_folders.items():
-            url = push_folder(folder, widget_repo_id(hub_model_id, head), token=token,
-                              commit_message=f"{head} head as Wav2Vec2ForSequenceClassification")
-            print(f"pushed the {head} widget model to {url}")
-
-
-def widget_repo_id(hub_model_id: str, head: str) -> str:
-    return f"{hub_model_id}-{head}"
 
 
 def card_fields(task: FinetuneTask, results: dict, examples: list[dict], model, num_processes: int,
@@ -492,8 +478,10 @@ def card_fields(task: FinetuneTask, results: dict, examples: list[dict], model, 
     from huggingface_hub import EvalResult, constants
 
     args, run = task.args, task.run
-    repo_id = widget_repo_id(run.hub_model_id, head) if head and run.hub_model_id else run.hub_model_id
-    model_name = repo_id.split("/")[-1] if repo_id else Path(run.output_dir).name
+    # Without --hub_model_id the card names a placeholder, which `push_run` replaces by the repository's name.
+    parent_id = run.hub_model_id or CARD_PLACEHOLDER
+    repo_id = widget_repo_id(parent_id, head) if head else parent_id
+    model_name = repo_id.split("/")[-1] if run.hub_model_id else Path(run.output_dir).name
     heads = [head] if head else list(HEADS)
     titles = {"pitch": "Pitch accuracy", "instrument": "Instrument family accuracy"}
     eval_results = [
@@ -505,7 +493,7 @@ def card_fields(task: FinetuneTask, results: dict, examples: list[dict], model, 
     base = args.model_name_or_path
     # The card's base_model must be a Hub id; local folders and presets are described in the text instead.
     is_hub_id = base.count("/") == 1 and not Path(base).exists() and not is_preset(base)
-    widget = [{"src": f"{constants.ENDPOINT}/{repo_id}/resolve/main/{e['file']}" if repo_id else e["file"],
+    widget = [{"src": f"{constants.ENDPOINT}/{repo_id}/resolve/main/{e['file']}",
                "example_title": f"{e['family']} {e['pitch_name']} (NSynth test {e['note_str']})"}
               for e in examples]
     fields = dict(
@@ -515,8 +503,8 @@ def card_fields(task: FinetuneTask, results: dict, examples: list[dict], model, 
         model_name=model_name,
         eval_results=eval_results,
         widget=widget,
-        model_id=repo_id or "PATH_OR_HUB_ID",
-        parent_id=run.hub_model_id or "PATH_OR_HUB_ID",
+        model_id=repo_id,
+        parent_id=parent_id,
         head=head,
         base=base,
         init="random initialisation" if args.random_init or is_preset(base) else f"`{base}`",
@@ -527,7 +515,7 @@ def card_fields(task: FinetuneTask, results: dict, examples: list[dict], model, 
         args={**vars(args), **vars(run)},
         num_processes=num_processes,
         num_parameters=sum(p.numel() for p in model.parameters()),
-        command=shlex.join(["hf-music-w2v", "finetune", *task.argv]),
+        command=command_line("finetune", task.argv),
     )
     if is_hub_id and not args.random_init:
         fields["base_model"] = base

@@ -12,7 +12,6 @@ normalised by the masked frames of all its micro-batches on all processes.
 """
 
 import math
-import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +23,14 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from ..audio import SAMPLING_RATE, normalize_audio
 from ..errors import naming
 from ..hub import (
+    CARD_PLACEHOLDER,
     load_pretrained,
     music_feature_extractor,
-    push_folder,
     save_pretrained_into,
     write_model_card,
 )
 from ..presets import load_wav2vec2_config
-from .arguments import RunArguments, option, parse_arguments, settings_of
+from .arguments import RunArguments, command_line, option, parse_arguments, settings_of
 from .engine import (
     TrainingTask,
     UpdateBatchSampler,
@@ -453,7 +452,8 @@ class PretrainTask(TrainingTask):
             tags=["audio", "music", "wav2vec2", "self-supervised", "pretraining"],
             datasets=[] if self.args.audio_dir else ["musicnet"],
             data_name=f"the audio under {Path(self.args.audio_dir).name}/" if self.args.audio_dir else "MusicNet",
-            command=shlex.join(["hf-music-w2v", "pretrain", *self.argv]),
+            command=command_line("pretrain", self.argv),
+            model_id=run.hub_model_id or CARD_PLACEHOLDER,
             steps=state.step,
             extended=extension_text(state.extensions),
             hours_of_audio=state.audio_seconds_seen / 3600,
@@ -468,11 +468,6 @@ class PretrainTask(TrainingTask):
         )
         return {**{f"final_{k}": v for k, v in state.last_metrics.items() if k != "step"}, **run_summary(state),
                 "audio_hours_seen": state.audio_seconds_seen / 3600}
-
-    def push(self, layout, state) -> None:
-        url = push_folder(layout.root, self.run.hub_model_id, token=self.run.hub_token,
-                          commit_message=f"wav2vec2 pretrained on MusicNet for {state.step} updates")
-        print(f"pushed to {url}")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[PretrainArguments, RunArguments]:
