@@ -710,6 +710,10 @@ def probe_tasks(model: str, tasks: Sequence, output_dir: str | os.PathLike, sett
         loaded = [task if isinstance(task, ProbeTask) else
                   load_task(task, kind_of(Path(task).name), on_error, extractor.sampling_rate) for task in folders]
         names = [task.name for task in loaded] + builtins
+        unknown = sorted(set(kinds) - set(names)) if isinstance(kinds, dict) else []
+        if unknown:
+            raise ProbeError(f"--task_kind names {', '.join(unknown)}, which is not among the task folders "
+                             f"({', '.join(task.name for task in loaded)})")
         if len(set(names)) < len(names):
             raise ProbeError(f"two tasks share a name ({', '.join(names)}); their results would share a folder")
         digests = {path: file_digest(path) for task in loaded for files in task.files.values() for path in files}

@@ -281,3 +281,39 @@ def test_the_command_line_gives_one_error_line_for_a_bad_task(encoder_dir, tmp_p
         main(["probe", str(encoder_dir), "--tasks", "pich", str(folder), "--output_dir", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--nsynth_dir is needed"):
         main(["probe", str(encoder_dir), "--tasks", "pitch", "--output_dir", str(tmp_path / "out")])
+
+
+def test_built_in_and_folder_tasks_run_together_each_in_its_folder(encoder_dir, mini_root, tmp_path):
+    tones = write_marble(tmp_path / "tones", tone_rows(lambda name, f: name))
+    from dataclasses import replace
+
+    summary = probe_tasks(str(encoder_dir), ["instrument", str(tones)], tmp_path / "out", replace(QUICK, max_notes=30),
+                          nsynth_dir=str(mini_root / "nsynth"), feature_cache_dir=tmp_path / "features")
+    assert list(summary["tasks"]) == ["instrument", "tones"]
+    nsynth = json.loads((tmp_path / "out" / "instrument" / "probe_results.json").read_text())
+    assert {e["task"] for e in nsynth["results"]} == {"instrument"} and "notes" in nsynth["protocol"]
+    assert summary["tasks"]["instrument"]["metric"] == "accuracy"
+    assert "| [instrument](instrument/probe_results.json) | single |" in (tmp_path / "out" / "probe_summary.md").read_text()
+
+
+def test_a_clip_of_minutes_is_read_window_by_window_in_bounded_memory(encoder_dir, tmp_path, monkeypatch):
+    import tracemalloc
+
+    from hf_music_w2v import inference
+
+    monkeypatch.setattr(inference, "READ_BLOCK_FRAMES", 1 << 16)  # small reads: a short clip shows the bound
+    encoder, extractor = load_encoder(str(encoder_dir))
+    rate, seconds = 32_000, 120
+    with sf.SoundFile(tmp_path / "long.wav", "w", rate, 1, subtype="PCM_16") as file:
+        for start in range(0, seconds, 10):  # written 10 s at a time
+            file.write(tone([440.0], seconds=10, rate=rate, phase=start))
+    tracemalloc.start()
+    try:
+        found = clip_features(encoder, extractor, {"long": tmp_path / "long.wav"}, [2], 2, 1.0, tmp_path / "cache",
+                              "weights")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    decoded = seconds * rate * 4  # the whole clip as float32: 15.4 MB
+    assert peak < decoded / 6, f"peak {peak / 1e6:.1f} MB"
+    assert found["long"].shape == (1, 16) and np.isfinite(found["long"]).all()
