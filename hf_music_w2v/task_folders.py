@@ -191,8 +191,8 @@ def marble_rows(folder: Path) -> dict[str, list[tuple[Path, object, str]]]:
                 row = json.loads(line)
             except ValueError as error:
                 raise ProbeError(f"{path} line {number}: not JSON ({error})") from None
-            if not isinstance(row, dict) or "audio_path" not in row or "label" not in row:
-                raise ProbeError(f"{path} line {number}: needs the fields audio_path and label")
+            if not isinstance(row, dict) or not isinstance(row.get("audio_path"), str) or "label" not in row:
+                raise ProbeError(f"{path} line {number}: needs the fields audio_path (a path) and label")
             audio = Path(row["audio_path"])
             rows[split].append((audio if audio.is_absolute() else folder / audio, row["label"], where))
     return rows
@@ -236,6 +236,8 @@ def hear_rows(folder: Path, sample_rate: int | None) -> tuple[dict[str, list[tup
         raise ProbeError(f"{vocabulary_path}: missing; a HEAR task folder holds labelvocabulary.csv") from None
     if not entries or "label" not in entries[0] or "idx" not in entries[0]:
         raise ProbeError(f"{vocabulary_path}: expected the columns idx,label and at least one row")
+    if not all(str(entry["idx"]).strip().isdigit() for entry in entries):
+        raise ProbeError(f"{vocabulary_path}: idx must be whole numbers 0, 1, ...")
     vocabulary = [entry["label"] for entry in sorted(entries, key=lambda entry: int(entry["idx"]))]
 
     if mode == "trainvaltest":
@@ -308,7 +310,8 @@ def load_task(folder, kind: str | None = None, on_error: str = "raise", sample_r
         kept[split] = []
         for path, label, where in split_rows:
             try:
-                audio_info(path)
+                if audio_info(path)[0] == 0:
+                    raise DataError(path, "contains no samples")
             except DataError as error:
                 if on_error == "raise":
                     raise ProbeError(f"task {folder.name}, {where}: {error} (on_error='skip' leaves such clips "

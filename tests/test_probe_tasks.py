@@ -187,9 +187,11 @@ def test_unreadable_files_can_be_skipped_and_are_counted(tmp_path):
     folder = write_marble(tmp_path / "task", tone_rows(lambda name, f: name))
     (folder / "audio" / "test_0.wav").write_bytes(b"not audio")
     (folder / "audio" / "train_1.wav").unlink()
+    sf.write(folder / "audio" / "valid_0.wav", np.zeros(0, dtype=np.float32), 16_000)
     task = load_task(folder, on_error="skip")
-    assert task.counts() == {"train": 11, "valid": 6, "test": 5}
-    assert [len(v) for v in task.skipped.values()] == [1, 1] and "train.jsonl line 2" in task.skipped["train"][0]
+    assert task.counts() == {"train": 11, "valid": 5, "test": 5}
+    assert [len(v) for v in task.skipped.values()] == [1, 1, 1] and "train.jsonl line 2" in task.skipped["train"][0]
+    assert "contains no samples" in task.skipped["valid"][0]
 
 
 # ------------------------------------------------------------------------------------------------ probing
