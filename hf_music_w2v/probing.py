@@ -696,12 +696,9 @@ def probe_tasks(model: str, tasks: Sequence, output_dir: str | os.PathLike, sett
                          f"{' '.join(builtins)}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    reports = {}
-    for name in builtins:
-        reports[name] = probe_model(model, nsynth_dir, output_dir / name, replace(settings, tasks=(name,)),
-                                    trust_remote_code, device, cache_dir, feature_cache_dir)
     folders = [task for task in tasks if not (isinstance(task, str) and task in TASKS)]
-    if folders:
+    loaded = []
+    if folders:  # loaded and checked before any probing, so a bad folder stops the run at once
         encoder, extractor, layers = encoder_and_layers(model, settings, trust_remote_code, device)
 
         def kind_of(name: str) -> str | None:
@@ -709,13 +706,18 @@ def probe_tasks(model: str, tasks: Sequence, output_dir: str | os.PathLike, sett
 
         loaded = [task if isinstance(task, ProbeTask) else
                   load_task(task, kind_of(Path(task).name), on_error, extractor.sampling_rate) for task in folders]
-        names = [task.name for task in loaded] + builtins
-        unknown = sorted(set(kinds) - set(names)) if isinstance(kinds, dict) else []
+        unknown = sorted(set(kinds) - {task.name for task in loaded}) if isinstance(kinds, dict) else []
         if unknown:
             raise ProbeError(f"--task_kind names {', '.join(unknown)}, which is not among the task folders "
                              f"({', '.join(task.name for task in loaded)})")
-        if len(set(names)) < len(names):
-            raise ProbeError(f"two tasks share a name ({', '.join(names)}); their results would share a folder")
+    names = [task.name for task in loaded] + builtins
+    if len(set(names)) < len(names):
+        raise ProbeError(f"two tasks share a name ({', '.join(names)}); their results would share a folder")
+    reports = {}
+    for name in builtins:
+        reports[name] = probe_model(model, nsynth_dir, output_dir / name, replace(settings, tasks=(name,)),
+                                    trust_remote_code, device, cache_dir, feature_cache_dir)
+    if folders:
         digests = {path: file_digest(path) for task in loaded for files in task.files.values() for path in files}
         feature_dir = Path(feature_cache_dir) if feature_cache_dir else resolve_cache_dir(cache_dir) / "probe_features"
         started = time.perf_counter()

@@ -314,7 +314,7 @@ def load_task(folder, kind: str | None = None, on_error: str = "raise", sample_r
                     raise DataError(path, "contains no samples")
             except DataError as error:
                 if on_error == "raise":
-                    raise ProbeError(f"task {folder.name}, {where}: {error} (on_error='skip' leaves such clips "
+                    raise ProbeError(f"task {folder.name}, {where}: {error} (--on_error skip leaves such clips "
                                      "out)") from None
                 skipped[split].append(f"{where}: {error}")
                 continue

@@ -155,7 +155,7 @@ def break_split(folder: Path, split: str, rows: list[dict]) -> Path:
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing audio", r"valid.jsonl line 1: .*missing.wav: file not found \(on_error='skip'"),
+    ("missing audio", r"valid.jsonl line 1: .*missing.wav: file not found \(--on_error skip"),
     ("wrong label", r"test.jsonl line 1 has label \['low'\]; a single task needs one class"),
     ("unseen class", r"test.jsonl line 1 has class 'top', which no train clip has"),
     ("empty split", "the valid split has no clips"),
@@ -319,3 +319,12 @@ def test_a_clip_of_minutes_is_read_window_by_window_in_bounded_memory(encoder_di
     decoded = seconds * rate * 4  # the whole clip as float32: 15.4 MB
     assert peak < decoded / 6, f"peak {peak / 1e6:.1f} MB"
     assert found["long"].shape == (1, 16) and np.isfinite(found["long"]).all()
+
+
+def test_two_tasks_of_one_name_and_unknown_task_kind_names_are_refused(encoder_dir, tmp_path):
+    first = write_marble(tmp_path / "a" / "tones", tone_rows(lambda name, f: name))
+    second = write_marble(tmp_path / "b" / "tones", tone_rows(lambda name, f: name))
+    with pytest.raises(ProbeError, match="two tasks share a name"):
+        probe_tasks(str(encoder_dir), [str(first), str(second)], tmp_path / "out", QUICK)
+    with pytest.raises(ProbeError, match="--task_kind names tonez, which is not among the task folders"):
+        probe_tasks(str(encoder_dir), [str(first)], tmp_path / "out", QUICK, kinds={"tonez": "single"})
