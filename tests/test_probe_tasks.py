@@ -226,7 +226,8 @@ def test_tasks_given_together_share_one_pass_and_each_gets_its_results(encoder_d
             for row in rows))
     tags = write_hear(tmp_path / "tags")
     features = tmp_path / "features"
-    summary = probe_tasks(str(encoder_dir), [str(pitch), str(same_audio), str(tags)], tmp_path / "out", QUICK,
+    # A task may be given as a folder or as a loaded `ProbeTask`.
+    summary = probe_tasks(str(encoder_dir), [str(pitch), str(same_audio), load_task(tags)], tmp_path / "out", QUICK,
                           feature_cache_dir=features)
     fingerprints = [json.loads(path.read_text()) for path in features.glob("*.json")]
     assert len(fingerprints) == 1 and fingerprints[0]["count"] == 24 + 24  # the tones once, the HEAR clips once
