@@ -341,7 +341,7 @@ def run_probe(args: argparse.Namespace) -> int:
                                   trust_remote_code=args.trust_remote_code, device=args.device,
                                   nsynth_dir=args.nsynth_dir, cache_dir=args.cache_dir,
                                   feature_cache_dir=args.feature_cache_dir, kinds=task_kinds(args.task_kind),
-                                  on_error=args.on_error)
+                                  on_error=args.on_error, test_fold=args.hear_test_fold)
     except ProbeError as error:
         raise SystemExit(f"error: {' '.join(str(error).split())}") from None
     if set(args.tasks) <= set(TASKS):
@@ -387,6 +387,8 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on_error", choices=ON_ERROR, default="raise",
                         help="a missing or unreadable audio file in a task folder: stop with an error (default), or "
                              "leave it out and count it")
+    parser.add_argument("--hear_test_fold", type=int, default=0,
+                        help="HEAR k-fold tasks: the test fold; the next is valid, the others train (default 0)")
     parser.add_argument("--layers", nargs="+", type=int, default=None,
                         help="layer numbers (0: Transformer input, N: output of layer N); default: all")
     parser.add_argument("--probe", nargs="+", choices=PROBES, default=list(PROBES),

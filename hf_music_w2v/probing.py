@@ -668,13 +668,14 @@ def best_entry(report: dict) -> dict:
 def probe_tasks(model: str, tasks: Sequence, output_dir: str | os.PathLike, settings: ProbeSettings,
                 trust_remote_code: bool = False, device: str = "cpu", nsynth_dir: str | None = None,
                 cache_dir: str | None = None, feature_cache_dir: str | os.PathLike | None = None,
-                kinds: dict[str, str] | str | None = None, on_error: str = "raise") -> dict:
+                kinds: dict[str, str] | str | None = None, on_error: str = "raise", test_fold: int = 0) -> dict:
     """Probe every requested layer of MODEL on each task; write OUTPUT_DIR/<task>/probe_results.{json,md},
     OUTPUT_DIR/<task>/probe_layers.png and OUTPUT_DIR/probe_summary.{json,md}; return the summary.
 
     A task is a built-in name (`pitch`, `instrument`: NSynth from `nsynth_dir`, as `probe_model`), a MARBLE or
     HEAR task folder, or a `task_folders.ProbeTask`. `kinds` overrides folder tasks' kinds: one kind for all,
-    or task name -> kind. `on_error="skip"` leaves out unreadable audio files (listed in the results). The
+    or task name -> kind. `on_error="skip"` leaves out unreadable audio files (listed in the results);
+    `test_fold` is HEAR k-fold tasks' test fold (the next fold is valid, the others train). The
     folder tasks share one pass of the encoder over each distinct audio file (by content).
     """
     from dataclasses import replace
@@ -705,7 +706,8 @@ def probe_tasks(model: str, tasks: Sequence, output_dir: str | os.PathLike, sett
             return kinds if isinstance(kinds, str) or kinds is None else kinds.get(name)
 
         loaded = [task if isinstance(task, ProbeTask) else
-                  load_task(task, kind_of(Path(task).name), on_error, extractor.sampling_rate) for task in folders]
+                  load_task(task, kind_of(Path(task).name), on_error, extractor.sampling_rate, test_fold)
+                  for task in folders]
         unknown = sorted(set(kinds) - {task.name for task in loaded}) if isinstance(kinds, dict) else []
         if unknown:
             raise ProbeError(f"--task_kind names {', '.join(unknown)}, which is not among the task folders "

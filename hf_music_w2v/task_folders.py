@@ -8,7 +8,8 @@ A MARBLE folder holds `{train,valid,test}.jsonl`, one clip a line: `{"audio_path
 path is relative to the folder). A HEAR scene task holds `task_metadata.json`, `labelvocabulary.csv`
 (`idx,label`), `{split}.json` mapping a file name to its list of labels, and the audio under
 `{sample_rate}/{split}/`; of the rates present, the encoder's own is read, else the highest (and resampled).
-HEAR's k-fold tasks (`fold00.json`, ...) are probed on one rotation: fold00 is test, fold01 valid, the rest train.
+HEAR's k-fold tasks (`fold00.json`, ...) are probed on one rotation at a time: fold `test_fold` (0 by default) is
+test, the next one valid, the rest train; running each rotation in turn reuses the same cached features.
 
 The task kind comes from the labels, or is given (`kind=`):
 - `single`: one class per clip, a name or an integer (MARBLE's NSynth pitch is `pitch - 1`);
@@ -198,7 +199,7 @@ def marble_rows(folder: Path) -> dict[str, list[tuple[Path, object, str]]]:
     return rows
 
 
-def hear_rows(folder: Path, sample_rate: int | None) -> tuple[dict[str, list[tuple[Path, object, str]]], list[str],
+def hear_rows(folder: Path, sample_rate: int | None, test_fold: int = 0) -> tuple[dict[str, list[tuple[Path, object, str]]], list[str],
                                                                str, dict]:
     """(rows per split, label vocabulary, task kind, metadata) of a HEAR task folder."""
     metadata = read_json(folder / "task_metadata.json", "a HEAR task folder holds task_metadata.json")
@@ -247,7 +248,12 @@ def hear_rows(folder: Path, sample_rate: int | None) -> tuple[dict[str, list[tup
         if len(folds) < 3:
             raise ProbeError(f"{folder}: split_mode {mode} needs at least 3 fold files (fold00.json, ...), found "
                              f"{len(folds)}")
-        parts = {"test": [folds[0]], "valid": [folds[1]], "train": folds[2:]}
+        if not 0 <= test_fold < len(folds):
+            raise ProbeError(f"{folder}: --hear_test_fold must be 0-{len(folds) - 1} ({len(folds)} folds), got "
+                             f"{test_fold}")
+        valid_fold = (test_fold + 1) % len(folds)
+        parts = {"test": [folds[test_fold]], "valid": [folds[valid_fold]],
+                 "train": [fold for index, fold in enumerate(folds) if index not in (test_fold, valid_fold)]}
     rates = sorted(int(path.name) for path in folder.iterdir() if path.is_dir() and path.name.isdigit())
     if not rates:
         raise ProbeError(f"{folder}: no audio folder {{sample_rate}}/ (e.g. 16000/train/)")
@@ -266,7 +272,7 @@ def hear_rows(folder: Path, sample_rate: int | None) -> tuple[dict[str, list[tup
                                          "multiclass task needs exactly one")
                     label = label[0]
                 rows[split].append((folder / str(rate) / name / file_name, label, f"{name}.json {file_name!r}"))
-    metadata = {**metadata, "audio_sample_rate": rate}
+    metadata = {**metadata, "audio_sample_rate": rate, "folds": {split: names for split, names in parts.items()}}
     if kind == "single":
         unknown_labels = {str(label) for split_rows in rows.values() for _, label, _ in split_rows} - set(vocabulary)
     else:
@@ -277,11 +283,13 @@ def hear_rows(folder: Path, sample_rate: int | None) -> tuple[dict[str, list[tup
     return rows, vocabulary, kind, metadata
 
 
-def load_task(folder, kind: str | None = None, on_error: str = "raise", sample_rate: int | None = None) -> ProbeTask:
+def load_task(folder, kind: str | None = None, on_error: str = "raise", sample_rate: int | None = None,
+              test_fold: int = 0) -> ProbeTask:
     """A MARBLE or HEAR task folder as a `ProbeTask`; `ProbeError` says what is wrong with it.
 
     `kind` overrides the inferred task kind. A missing or unreadable audio file is an error, or with
-    `on_error="skip"` is left out and listed in `skipped`. `sample_rate` picks a HEAR task's audio folder.
+    `on_error="skip"` is left out and listed in `skipped`. `sample_rate` picks a HEAR task's audio folder,
+    `test_fold` a HEAR k-fold task's rotation.
     """
     from .data.validation import DataError, audio_info
 
@@ -293,7 +301,7 @@ def load_task(folder, kind: str | None = None, on_error: str = "raise", sample_r
     if not folder.is_dir():
         raise ProbeError(f"--tasks {folder}: neither a built-in task ({', '.join(TASKS)}) nor a task folder")
     if (folder / "task_metadata.json").is_file():
-        rows, vocabulary, found_kind, metadata = hear_rows(folder, sample_rate)
+        rows, vocabulary, found_kind, metadata = hear_rows(folder, sample_rate, test_fold)
         source = "hear"
         if kind is not None and kind != found_kind:
             raise ProbeError(f"task {folder.name}: its task_metadata.json says {metadata['prediction_type']}; "

@@ -147,6 +147,10 @@ def test_hear_tasks_read_the_metadata_and_any_sample_rate(tmp_path):
     folds = load_task(write_hear(tmp_path / "folds", split_mode="new_split_kfold", prediction="multiclass"))
     assert folds.kind == "single" and folds.counts() == {"test": 12, "valid": 6, "train": 6}
     assert folds.files["test"][0].parent.name == "fold00"
+    rotated = load_task(tmp_path / "folds", test_fold=2)
+    assert rotated.metadata["folds"] == {"test": ["fold02"], "valid": ["fold00"], "train": ["fold01"]}
+    with pytest.raises(ProbeError, match="--hear_test_fold must be 0-2"):
+        load_task(tmp_path / "folds", test_fold=3)
 
 
 def break_split(folder: Path, split: str, rows: list[dict]) -> Path:
