@@ -617,7 +617,8 @@ def summarise_task(task: str, kind: str, layer, probe: str, per_seed: list[dict]
         if key not in ("epoch", "epochs_trained"):
             entry[key] = seed_mean([run[key] for run in per_seed])
     tests = [run[headline] for run in per_seed]
-    entry[f"{headline}_std"] = float(np.std(tests, ddof=1)) if len(tests) > 1 else 0.0
+    finite = [value for value in tests if not math.isnan(value)]
+    entry[f"{headline}_std"] = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
     entry[f"{headline}_per_seed"] = tests
     entry["best_epoch_per_seed"] = [run["epoch"] for run in per_seed]
     return entry
