@@ -20,7 +20,8 @@ COMMANDS = {
                           "samples, and a miniature speech corpus (eSpeak NG) in LibriSpeech's layout",
     "predict": "pitch and instrument family of audio files with a fine-tuned model",
     "embed": "mean-pooled embeddings of one layer for audio files, to an .npz",
-    "probe": "layer-wise linear / MLP / weighted-sum probes of any audio encoder on NSynth pitch and family",
+    "probe": "layer-wise linear / MLP / weighted-sum probes of any audio encoder on NSynth pitch and family, or on "
+             "MARBLE- and HEAR-format task folders",
     "convert-fairseq": "a fairseq wav2vec 2.0 pretraining checkpoint (e.g. the paper's) as a "
                        "Wav2Vec2ForPreTraining folder, read weights-only without fairseq",
     "export-onnx": "the two-head classifier as one ONNX graph (needs the onnx extra)",

@@ -9,6 +9,7 @@
     hf-music-w2v embed MODEL *.wav --layer 6 --output embeddings.npz
     hf-music-w2v export-onnx MODEL model.onnx
     hf-music-w2v probe MODEL --nsynth_dir DIR --output_dir OUT [--layers 0 6 12] [--pitch_classes 88]
+    hf-music-w2v probe MODEL --tasks pitch tasks/gtzan tasks/hear/beijing_opera --nsynth_dir DIR --output_dir OUT
     hf-music-w2v convert-fairseq CHECKPOINT.pt OUTPUT_DIR
     hf-music-w2v push RUN_DIR --hub_model_id USER/NAME [--hub_token TOKEN]
 """
@@ -302,25 +303,66 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     return 0 if difference < 1e-4 else 1
 
 
+def task_kinds(values: list[str] | None) -> str | dict[str, str] | None:
+    """--task_kind's values: one KIND for every folder task, or NAME=KIND entries."""
+    from .probing import ProbeError
+    from .task_folders import KINDS
+
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        kinds = values[0]
+    else:
+        pairs = [value.partition("=") for value in values]
+        if any(not sep or not name for name, sep, _ in pairs):
+            raise ProbeError(f"--task_kind takes one KIND or NAME=KIND entries, got {' '.join(values)}")
+        kinds = {name: kind for name, _, kind in pairs}
+    for kind in [kinds] if isinstance(kinds, str) else kinds.values():
+        if kind not in KINDS:
+            raise ProbeError(f"--task_kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return kinds
+
+
 def run_probe(args: argparse.Namespace) -> int:
-    from .probing import ProbeError, ProbeSettings, probe_model
+    from .probing import TASKS, ProbeError, ProbeSettings, probe_model, probe_tasks
 
     settings = ProbeSettings(tasks=args.tasks, layers=args.layers, probes=args.probe,
                              weighted_sum=not args.no_weighted_sum, pitch_classes=args.pitch_classes, seeds=args.seeds,
                              batch_size=args.batch_size, probe_batch_size=args.probe_batch_size,
                              learning_rate=args.learning_rate, max_epochs=args.max_epochs, patience=args.patience,
-                             max_notes=args.max_notes)
+                             max_notes=args.max_notes, window_seconds=args.window_seconds)
     try:
-        report = probe_model(args.model, args.nsynth_dir, args.output_dir, settings,
-                             trust_remote_code=args.trust_remote_code, device=args.device, cache_dir=args.cache_dir,
-                             feature_cache_dir=args.feature_cache_dir)
+        if set(args.tasks) <= set(TASKS):
+            if args.nsynth_dir is None:
+                raise ProbeError(f"--nsynth_dir is needed for the built-in tasks {' '.join(args.tasks)}")
+            report = probe_model(args.model, args.nsynth_dir, args.output_dir, settings,
+                                 trust_remote_code=args.trust_remote_code, device=args.device,
+                                 cache_dir=args.cache_dir, feature_cache_dir=args.feature_cache_dir)
+        else:
+            summary = probe_tasks(args.model, args.tasks, args.output_dir, settings,
+                                  trust_remote_code=args.trust_remote_code, device=args.device,
+                                  nsynth_dir=args.nsynth_dir, cache_dir=args.cache_dir,
+                                  feature_cache_dir=args.feature_cache_dir, kinds=task_kinds(args.task_kind),
+                                  on_error=args.on_error, test_fold=args.hear_test_fold)
     except ProbeError as error:
-        raise SystemExit(f"error: {error}") from None
-    for entry in report["results"]:
-        chroma = f", chroma {entry['test_chroma_accuracy']:.3f}" if "test_chroma_accuracy" in entry else ""
-        print(f"{entry['task']:>10} layer {entry['layer']!s:>8} {entry['probe']:>6}: test "
-              f"{entry['test_accuracy']:.3f} ± {entry['test_accuracy_std']:.3f}{chroma}")
-    print(f"wrote {Path(args.output_dir) / 'probe_results.json'}, probe_results.md and probe_layers.png")
+        raise SystemExit(f"error: {' '.join(str(error).split())}") from None
+    if set(args.tasks) <= set(TASKS):
+        for entry in report["results"]:
+            chroma = f", chroma {entry['test_chroma_accuracy']:.3f}" if "test_chroma_accuracy" in entry else ""
+            print(f"{entry['task']:>10} layer {entry['layer']!s:>8} {entry['probe']:>6}: test "
+                  f"{entry['test_accuracy']:.3f} ± {entry['test_accuracy_std']:.3f}{chroma}")
+        print(f"wrote {Path(args.output_dir) / 'probe_results.json'}, probe_results.md and probe_layers.png")
+        return 0
+    for name, task in summary["tasks"].items():
+        best, metric = task["best"], task["metric"]
+        test = best[f"test_{metric}"]
+        print(f"{name}: {task['kind']}, best valid {metric} at layer {best['layer']} ({best['probe']}): test "
+              f"{metric} {'-' if test is None else f'{test:.3f}'}")
+        skipped = summary["tasks"][name].get("skipped", 0)
+        if skipped:
+            print(f"{name}: {skipped} unreadable audio files left out (on_error skip)")
+    print(f"wrote {Path(args.output_dir) / 'probe_summary.json'}, probe_summary.md and, per task, "
+          "TASK/probe_results.json, .md and probe_layers.png")
     return 0
 
 
@@ -351,12 +393,29 @@ def run_push(args: argparse.Namespace) -> int:
 
 def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     from .probing import PROBES, TASKS, ProbeSettings
+    from .task_folders import KINDS, ON_ERROR
 
     defaults = ProbeSettings()
     parser.add_argument("model", help="an audio encoder that returns hidden states: a folder or Hub id")
-    parser.add_argument("--nsynth_dir", required=True, help="NSynth (json/wav folders or a parquet copy)")
-    parser.add_argument("--output_dir", required=True, help="writes probe_results.json, .md and probe_layers.png")
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="default: both")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), metavar="TASK",
+                        help="built-in tasks (pitch, instrument: NSynth from --nsynth_dir) and task folders (MARBLE "
+                             "train/valid/test.jsonl, or HEAR scene tasks); default: pitch instrument")
+    parser.add_argument("--nsynth_dir", default=None,
+                        help="NSynth (json/wav folders or a parquet copy), for the built-in tasks")
+    parser.add_argument("--output_dir", required=True,
+                        help="writes probe_results.json, .md and probe_layers.png (built-in tasks alone), or one "
+                             "folder of them per task and probe_summary.json and .md")
+    parser.add_argument("--task_kind", nargs="+", default=None, metavar="KIND",
+                        help=f"the kind of every task folder ({', '.join(KINDS)}), or NAME=KIND per task; default: "
+                             "from the labels (HEAR: from task_metadata.json)")
+    parser.add_argument("--window_seconds", type=float, default=defaults.window_seconds,
+                        help="task folders: clips longer than this are read and encoded in windows of it, whose "
+                             f"means are averaged (default {defaults.window_seconds:g})")
+    parser.add_argument("--on_error", choices=ON_ERROR, default="raise",
+                        help="a missing or unreadable audio file in a task folder: stop with an error (default), or "
+                             "leave it out and count it")
+    parser.add_argument("--hear_test_fold", type=int, default=0,
+                        help="HEAR k-fold tasks: the test fold; the next is valid, the others train (default 0)")
     parser.add_argument("--layers", nargs="+", type=int, default=None,
                         help="layer numbers (0: Transformer input, N: output of layer N); default: all")
     parser.add_argument("--probe", nargs="+", choices=PROBES, default=list(PROBES),
@@ -369,16 +428,18 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds),
                         help="one probe training per seed; results are means (default 0 1 2)")
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size,
-                        help=f"notes per forward pass of the encoder (default {defaults.batch_size})")
+                        help=f"notes or windows per forward pass of the encoder (default {defaults.batch_size})")
     parser.add_argument("--probe_batch_size", type=int, default=defaults.probe_batch_size,
                         help=f"default {defaults.probe_batch_size}")
     parser.add_argument("--learning_rate", type=float, default=defaults.learning_rate,
                         help=f"Adam's (default {defaults.learning_rate})")
     parser.add_argument("--max_epochs", type=int, default=defaults.max_epochs, help=f"default {defaults.max_epochs}")
     parser.add_argument("--patience", type=int, default=defaults.patience,
-                        help=f"epochs without a better valid accuracy before stopping (default {defaults.patience})")
+                        help="epochs without a better valid score (accuracy, mAP or R²) before stopping "
+                             f"(default {defaults.patience})")
     parser.add_argument("--max_notes", type=int, default=None,
-                        help="use at most this many notes per split (a seeded random subset; default all)")
+                        help="built-in tasks: use at most this many notes per split (a seeded random subset; "
+                             "default all)")
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="allow MODEL's own code (e.g. MERT); never implied")
     parser.add_argument("--cache_dir", default=None, help="NSynth index cache (default $HF_MUSIC_W2V_CACHE)")

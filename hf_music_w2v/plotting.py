@@ -94,36 +94,38 @@ def plot_codebook(scores: dict[str, dict], path: str | os.PathLike) -> Path:
     return save_figure(figure, path)
 
 
-def plot_probe_layers(reports: dict[str, dict], path: str | os.PathLike) -> Path:
-    """Probe test accuracy against layer, one panel per task, one line per model and probe.
+def plot_probe_layers(reports: dict[str, dict], path: str | os.PathLike, metric: str = "test_accuracy") -> Path:
+    """Probe test score (`metric`) against layer, one panel per task, one line per model and probe.
 
     `reports` maps a model's label to its `probe_results.json` content; a weighted-sum probe is drawn as a
     dashed level across the panel.
     """
     plt = pyplot()
+    builtin = ("pitch", "instrument")
     tasks = sorted({entry["task"] for report in reports.values() for entry in report["results"]},
-                   key=lambda task: ("pitch", "instrument").index(task))
+                   key=lambda task: (builtin.index(task), "") if task in builtin else (len(builtin), task))
     titles = {"pitch": "pitch", "instrument": "instrument family"}
+    score = metric.removeprefix("test_").replace("_", " ")
     figure, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.0 + 0.25 * len(reports)), squeeze=False)
     styles = {"linear": "-", "mlp": "--"}
     for axis, task in zip(axes[0], tasks):
         for index, (label, report) in enumerate(reports.items()):
             color = PALETTE[index % len(PALETTE)]
-            entries = [e for e in report["results"] if e["task"] == task]
+            entries = [e for e in report["results"] if e["task"] == task and e.get(metric) is not None]
             for probe in ("linear", "mlp"):
-                points = sorted((e["layer"], e["test_accuracy"]) for e in entries
+                points = sorted((e["layer"], e[metric]) for e in entries
                                 if e["probe"] == probe and isinstance(e["layer"], int))
                 if points:
-                    layers, accuracy = zip(*points)
-                    axis.plot(layers, accuracy, styles[probe], color=color, marker="o", markersize=3,
+                    layers, values = zip(*points)
+                    axis.plot(layers, values, styles[probe], color=color, marker="o", markersize=3,
                               label=f"{label}, {probe}")
             for entry in (e for e in entries if e["layer"] == "weighted"):
-                axis.axhline(entry["test_accuracy"], color=color, linestyle=":", linewidth=1.2,
+                axis.axhline(entry[metric], color=color, linestyle=":", linewidth=1.2,
                              label=f"{label}, weighted sum of layers")
-        axis.set_title(f"{titles[task]}: test accuracy of frozen-feature probes")
+        axis.set_title(f"{titles.get(task, task)}: test {score} of frozen-feature probes")
         axis.set_xlabel("layer (0: Transformer input)")
         axis.xaxis.get_major_locator().set_params(integer=True)
-        axis.set_ylabel("test accuracy")
+        axis.set_ylabel(f"test {score}")
         axis.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     rows = (len(labels) + 2) // 3

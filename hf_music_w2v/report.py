@@ -228,6 +228,62 @@ def probe_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def task_probe_table(report: dict) -> str:
+    """Markdown of a task folder's `probe_results.json`: the selection metric's test score per layer and probe,
+    and every test score of the probe with the best valid score."""
+    protocol, results = report["protocol"], report["results"]
+    headline = protocol["headline"]
+    probes = [probe for probe in ("linear", "mlp") if any(e["probe"] == probe and e["layer"] != "weighted"
+                                                          for e in results)]
+
+    def cell(entry: dict | None) -> str:
+        if entry is None or entry.get(headline) is None:
+            return ""
+        return f"{entry[headline]:.3f} ± {entry[f'{headline}_std']:.3f}"
+
+    score = headline.removeprefix("test_")
+    lines = [f"# Layer-wise probes of {report['model']} on {protocol['task']}", "",
+             f"{protocol['source']} task, {protocol['kind']}: {len(protocol['names'])} "
+             f"{dict(single='classes', multilabel='tags', regression='targets')[protocol['kind']]}; clips "
+             f"{', '.join(f'{k} {v}' for k, v in protocol['clips'].items())}; seeds "
+             f"{', '.join(map(str, protocol['seeds']))}; {protocol['selection']}. Test {score}, mean ± sample std "
+             "over seeds.", "",
+             "| layer | " + " | ".join(probes) + " |", "|---|" + "---|" * len(probes)]
+    for layer in protocol["layers"]:
+        found = {e["probe"]: e for e in results if e["layer"] == layer}
+        lines.append(f"| {layer} | " + " | ".join(cell(found.get(probe)) for probe in probes) + " |")
+    for entry in (e for e in results if e["layer"] == "weighted"):
+        weights = entry.get("layer_weights", [])
+        heaviest = protocol["layers"][int(np.argmax(weights))] if weights else "-"
+        lines.append(f"\nWeighted sum of layers + linear: {cell(entry)} (heaviest layer {heaviest})")
+    valid = f"valid_{score}"
+    best = max(results, key=lambda e: -np.inf if e.get(valid) is None else e[valid])
+    scores = ", ".join(f"{key.removeprefix('test_')} {value:.3f}" for key, value in best.items()
+                       if key.startswith("test_") and isinstance(value, float) and not key.endswith("_std"))
+    lines.append(f"\nBest valid {score}: layer {best['layer']}, {best['probe']}; test {scores}.")
+    skipped = sum(len(v) for v in protocol.get("skipped", {}).values())
+    if skipped:
+        lines.append(f"\n{skipped} audio files could not be read and were left out (listed in probe_results.json).")
+    return "\n".join(lines) + "\n"
+
+
+def task_summary_table(summary: dict) -> str:
+    """Markdown of `probe_summary.json`: each task's best layer and probe by valid score, and its test score."""
+    lines = [f"# Probes of {summary['model']}", "",
+             "Each task's layer and probe with the best valid score; the test score at its selected epoch, mean over "
+             "seeds.", "",
+             "| task | kind | clips (train/valid/test) | metric | best layer, probe | test | weighted sum |",
+             "|---|---|---|---|---|---|---|"]
+    for name, task in summary["tasks"].items():
+        best, metric = task["best"], task["metric"]
+        clips = "/".join(str(task["clips"][split]) for split in ("train", "valid", "test"))
+        weighted = "" if task["weighted_sum"] is None else f"{task['weighted_sum']:.3f}"
+        test = best[f"test_{metric}"]
+        lines.append(f"| [{name}]({task['results']}) | {task['kind']} | {clips} | {metric} | {best['layer']}, "
+                     f"{best['probe']} | {'' if test is None else f'{test:.3f}'} | {weighted} |")
+    return "\n".join(lines) + "\n"
+
+
 def first_difference(recorded, measured, path: str = "results") -> str | None:
     """Where two results differ first (in the recorded file's order), or None; the `run` part is left out."""
     if isinstance(recorded, dict) and isinstance(measured, dict):
