@@ -29,10 +29,18 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from ..allocator import keep_freed_memory
+from ..atomic import DiskFull, append_text
 from ..errors import SettingsError
 from ..precision import bf16_is_native
 from .arguments import OPERATIONAL, RunArguments
-from .checkpoints import TrainerState, params_finite, reset_metrics_log, restore_checkpoint, save_checkpoint
+from .checkpoints import (
+    TrainerState,
+    newest_checkpoint_advice,
+    params_finite,
+    reset_metrics_log,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from .layout import OutputDirInUse, OutputDirTaken, RunLayout
 
 logger = get_logger(__name__)
@@ -288,6 +296,8 @@ def train(task: TrainingTask) -> int:
     layout = RunLayout(task.run.output_dir)
     try:
         return train_in(task, layout)
+    except DiskFull as error:
+        raise DiskFull(error.filename, error.errno, newest_checkpoint_advice(layout.root)) from None
     finally:
         # Released cleanly, the lock names no holder, so only a run that died holding it is reported as gone.
         layout.unlock()
@@ -354,8 +364,7 @@ def train_in(task: TrainingTask, layout: RunLayout) -> int:
         if report_to:
             accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
         if accelerator.is_main_process:
-            with metrics_path.open("a") as file:
-                file.write(json.dumps(metrics) + "\n")
+            append_text(metrics_path, json.dumps(metrics) + "\n")
 
     def evaluate() -> None:
         metrics, score = task.evaluate(accelerator, model)
