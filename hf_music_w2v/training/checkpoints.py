@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import DiskFull, replace_directory, torch_save, writing
+from ..atomic import DiskFull, disk_full_errno, replace_directory, torch_save, writing
 from .layout import RunLayout
 
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -177,14 +177,20 @@ def write_checkpoint_files(accelerator, staging: Path, target: Path, state: Trai
         write_manifest(staging)
 
 
-def newest_checkpoint_advice(output_dir: str | os.PathLike) -> str:
-    """What to do after a full disk stopped a run in `output_dir`, naming its newest complete checkpoint."""
+def disk_full_in_run(error: BaseException, output_dir: str | os.PathLike) -> DiskFull | None:
+    """`error` as the one line a run in `output_dir` stopped by a full disk ends with: the file, the newest
+    complete checkpoint and what to do; None when `error` is not about a full disk."""
+    code = disk_full_errno(error)
+    if code is None:
+        return None
     checkpoints = list_checkpoints(output_dir)
-    if not checkpoints:
-        return ("no checkpoint was completed yet; free space on that file system (or give another --output_dir or "
-                "--cache_dir) and run the same command again")
-    return (f"the newest complete checkpoint, {checkpoints[-1]}, is intact; free space on that file system (or lower "
-            "--checkpoints_total_limit) and run the same command with --resume_from_checkpoint latest")
+    if checkpoints:
+        advice = (f"the newest complete checkpoint, {checkpoints[-1]}, is intact; free space on that file system (or "
+                  "lower --checkpoints_total_limit) and run the same command with --resume_from_checkpoint latest")
+    else:
+        advice = ("no checkpoint was completed yet; free space on that file system (or give another --output_dir or "
+                  "--cache_dir) and run the same command again")
+    return DiskFull(getattr(error, "filename", None) or f"a file under {output_dir}", code, advice)
 
 
 def load_checkpoint(accelerator, checkpoint: Path, model, optimizer) -> TrainerState:
@@ -265,6 +271,6 @@ def reset_metrics_log(accelerator, path: str | os.PathLike, step: int) -> Path:
     return path
 
 
-__all__ = ["CheckpointError", "TRAINER_STATE_NAME", "TrainerState", "checkpoint_path", "list_checkpoints",
-           "load_checkpoint", "newest_checkpoint_advice", "params_finite", "reset_metrics_log", "restore_checkpoint",
+__all__ = ["CheckpointError", "TRAINER_STATE_NAME", "TrainerState", "checkpoint_path", "disk_full_in_run",
+           "list_checkpoints", "load_checkpoint", "params_finite", "reset_metrics_log", "restore_checkpoint",
            "save_checkpoint", "verify_checkpoint"]

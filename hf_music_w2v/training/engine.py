@@ -29,13 +29,13 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from ..allocator import keep_freed_memory
-from ..atomic import DiskFull, append_text
+from ..atomic import append_text
 from ..errors import SettingsError
 from ..precision import bf16_is_native
 from .arguments import OPERATIONAL, RunArguments
 from .checkpoints import (
     TrainerState,
-    newest_checkpoint_advice,
+    disk_full_in_run,
     params_finite,
     reset_metrics_log,
     restore_checkpoint,
@@ -296,8 +296,11 @@ def train(task: TrainingTask) -> int:
     layout = RunLayout(task.run.output_dir)
     try:
         return train_in(task, layout)
-    except DiskFull as error:
-        raise DiskFull(error.filename, error.errno, newest_checkpoint_advice(layout.root)) from None
+    except Exception as error:  # a full disk under any writer (trackers too): one line naming the newest checkpoint
+        full = disk_full_in_run(error, layout.root)
+        if full is None:
+            raise
+        raise full from None
     finally:
         # Released cleanly, the lock names no holder, so only a run that died holding it is reported as gone.
         layout.unlock()

@@ -16,8 +16,8 @@ weights, gradients and AdamW's moments in fp32):
                                                                       gradient, held for a moment (D: codevector_dim)
 
 With `--gradient_checkpointing` each conv and Transformer layer keeps its input only (C_(i-1) x L_(i-1) and
-F x H per example) and recomputes the rest in the backward pass one layer at a time: twice the largest layer's
-activations (the layer and its gradient) are added instead. A frozen feature encoder keeps nothing, but its
+F x H per example) and recomputes the rest in the backward pass one layer at a time: four times the largest
+layer's activations (the recomputed layer and the gradients through it, as measured) are added instead. A frozen feature encoder keeps nothing, but its
 largest layer exists for a moment. The kept part is within about 10% of the bytes autograd actually saves
 (`saved_tensors_hooks`, wav2vec2-base and the small preset, 1 to 8 s crops); README "Memory" compares the whole
 estimate with the peak resident memory of real updates.
@@ -154,7 +154,8 @@ def estimate_training_memory(model: torch.nn.Module, batch_size: int, samples: i
     elif gradient_checkpointing:
         kept = layers * frames * hidden + (sum(c * n for c, n in zip([1, *channels[:-1]], inputs, strict=True))
                                            if conv_trains else 0)
-        per_example = kept + 2 * max(max(conv_outputs), layer)  # the layer recomputed, and its gradient
+        # The layer being recomputed and the gradients through it: 4x its kept values matched measured peaks.
+        per_example = kept + 4 * max(max(conv_outputs), layer)
     else:
         per_example = layers * layer + (sum(conv_outputs) if conv_trains else max(conv_outputs))
     if pretraining:
