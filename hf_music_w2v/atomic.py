@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-#: Errors numbers meaning the file system has no room left for this writer.
+#: Error numbers meaning the file system has no room left for this writer.
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 #: How writers that do not raise `OSError` say so (safetensors: "No space left on device (os error 28)").
 DISK_FULL_WORDS = {"no space left on device": errno.ENOSPC, "disk quota exceeded": errno.EDQUOT}
