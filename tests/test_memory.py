@@ -130,3 +130,13 @@ def test_a_run_that_does_not_fit_stops_before_its_first_update_with_the_options(
     forced = cli(*args, "--skip_memory_check", HF_MUSIC_W2V_MEMORY_LIMIT="100kB")
     assert forced.returncode == 0, forced.stderr[-3000:]
     assert "--skip_memory_check: starting anyway" in forced.stdout
+
+
+@pytest.mark.slow
+def test_a_finetuning_run_that_does_not_fit_names_its_own_options(tmp_path, mini_root):
+    refused = cli("finetune", "--model_name_or_path", "preset:wav2vec2-small", "--nsynth_dir", str(mini_root / "nsynth"),
+                  "--max_train_samples", "16", "--max_eval_samples", "8", "--num_train_epochs", "1", "--report_to",
+                  "none", "--output_dir", str(tmp_path / "out"), HF_MUSIC_W2V_MEMORY_LIMIT="1MiB")
+    assert_one_error_line(refused, "this run needs about", "for 16 x 4 s of audio per micro-batch",
+                          "and 1 MB is available (HF_MUSIC_W2V_MEMORY_LIMIT)", "--gradient_checkpointing",
+                          "--freeze_base_model", "--recipe mini", "--skip_memory_check")

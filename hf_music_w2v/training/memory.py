@@ -18,7 +18,7 @@ weights, gradients and AdamW's moments in fp32):
 With `--gradient_checkpointing` each conv and Transformer layer keeps its input only (C_(i-1) x L_(i-1) and
 F x H per example) and recomputes the rest in the backward pass one layer at a time: four times the largest
 layer's activations (the recomputed layer and the gradients through it, as measured) are added instead. A frozen feature encoder keeps nothing, but its
-largest layer exists for a moment. The kept part is within about 10% of the bytes autograd actually saves
+largest layer exists for a moment. The kept part is within about 20% of the bytes autograd actually saves
 (`saved_tensors_hooks`, wav2vec2-base and the small preset, 1 to 8 s crops); README "Memory" compares the whole
 estimate with the peak resident memory of real updates.
 
