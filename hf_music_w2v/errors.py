@@ -46,6 +46,14 @@ def debugging() -> bool:
     return os.environ.get(DEBUG_VARIABLE, "").lower() in ("1", "true", "yes")
 
 
+def close_progress_bars() -> None:
+    """Close the live tqdm bars, so that a message after them starts on its own line (an open bar has none)."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None:
+        for bar in list(getattr(tqdm.tqdm, "_instances", ())):  # tqdm's registry of live bars (not public API)
+            bar.close()
+
+
 def report_user_errors(main: Callable[[], int], interrupted: str = "interrupted") -> int:
     """Run `main`; a user error becomes one `error:` line on stderr and exit status 1, Ctrl-C the line
     `interrupted` and exit status 130, a training run stopped by a signal its own line and 128 + the signal."""
@@ -66,6 +74,7 @@ def report_user_errors(main: Callable[[], int], interrupted: str = "interrupted"
         if debugging():
             raise
         message = " ".join(str(error).split()) or type(error).__name__
+        close_progress_bars()
         print(f"error: {message}", file=sys.stderr)
         return 1
 

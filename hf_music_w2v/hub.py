@@ -15,7 +15,7 @@ from typing import Any
 from transformers import PreTrainedModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor
 from transformers.utils import logging
 
-from .atomic import move_files_into, staged_directory, write_text_atomic
+from .atomic import move_files_into, staged_directory, write_text_atomic, writing
 from .audio import SAMPLING_RATE
 
 
@@ -115,7 +115,12 @@ def save_pretrained_into(
     target = Path(save_directory).resolve()
     target.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".save_pretrained.tmp-", dir=target))
-    write_model_files(model, staging, feature_extractor)
+    try:
+        with writing(target):
+            write_model_files(model, staging, feature_extractor)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a half-written model must not linger beside the run's files
+        raise
     move_files_into(staging, target)
     return target
 

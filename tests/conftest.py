@@ -1,5 +1,7 @@
 import os
+import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +116,34 @@ def run_program(name: str, args: list[str], timeout: int = 600, **extra):
 
     return subprocess.run([sys.executable, "-m", f"hf_music_w2v.training.{name}", *args], env=program_env(**extra),
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """`small_disk("320k")`: an empty folder on a real file system of that size (a tmpfs), unmounted after the test.
+
+    Mounting needs root, as CI runs the tests; elsewhere a test that asks for one is skipped, saying why.
+    """
+    mounted = []
+
+    def mount(size: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("a disk-full test mounts a small tmpfs, which needs root (CI runs the tests as root)")
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs at {folder}: {result.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def resize_disk(folder: Path, size: str) -> None:
+    """Give the tmpfs at `folder` (from `small_disk`) a new size, keeping its files: space freed."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)

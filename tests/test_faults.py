@@ -10,7 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_music_w2v.training.checkpoints import list_checkpoints, write_manifest
+from hf_music_w2v.atomic import DiskFull, append_text, torch_save, write_text_atomic
+from hf_music_w2v.hub import save_pretrained_atomic, save_pretrained_into
+from hf_music_w2v.onnx_export import export_onnx
+from hf_music_w2v.training.checkpoints import list_checkpoints, verify_checkpoint, write_manifest
 
 from .conftest import run_program
 
@@ -287,3 +290,102 @@ def test_pretraining_killed_at_each_boundary_resumes_to_the_same_run(tmp_path, s
     assert_same_as_straight(run, straight)
     results = json.loads((run / "all_results.json").read_text())
     assert (results["steps"], results["skipped_updates"]) == (6, 0)
+
+
+# A full disk: real small file systems (tmpfs, mounted by `small_disk`), not mocked errors.
+
+
+def hidden_entries(folder: Path) -> list[Path]:
+    """Temporary files and folders (their names start with a dot) anywhere under `folder`, the lock aside."""
+    return [p for p in folder.rglob(".*") if p.name != ".run.lock"]
+
+
+def fill(folder: Path) -> None:
+    """Take all the space left on `folder`'s file system."""
+    with (folder / "filler").open("wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+WRITERS = {
+    "a text file": lambda path: write_text_atomic(path, "x" * 100_000),
+    "a torch state": lambda path: torch_save({"state": torch.zeros(25_000)}, path),
+    "a log line": lambda path: append_text(path, "x" * 100_000 + "\n"),
+    "a model folder": lambda path: save_pretrained_atomic(classifier(), path),
+    "a model among a run's files": lambda path: save_pretrained_into(classifier(), path),
+    "an ONNX export": lambda path: export_onnx(classifier(), path),
+}
+
+
+def classifier():
+    from hf_music_w2v import Wav2Vec2ForMusicClassification
+
+    from .conftest import tiny_music_config
+
+    torch.manual_seed(0)
+    return Wav2Vec2ForMusicClassification(tiny_music_config(hidden_size=64, intermediate_size=256)).eval()
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_a_full_disk_raises_one_line_naming_the_file_and_keeps_the_old_version(small_disk, writer):
+    disk = small_disk("256k")
+    path = disk / ("out.onnx" if "ONNX" in writer else "out")
+    old = disk / "old"
+    old.write_text("the previous version")
+    if writer == "a log line":
+        path.write_text("a complete row\n")
+    elif writer != "a model among a run's files":
+        shutil.copy(old, path)
+    fill(disk)
+    with pytest.raises(DiskFull) as raised:
+        WRITERS[writer](path)
+    assert str(raised.value).startswith(f"{path}: no space left on device; free space")
+    assert "\n" not in str(raised.value)
+    assert hidden_entries(disk) == []  # no half-written temporary left behind
+    if writer == "a log line":  # a torn last row, which a resume drops (test_a_torn_last_log_line_is_dropped...)
+        assert path.read_text().startswith("a complete row\n")
+    elif writer == "a model among a run's files":
+        assert sorted(p.name for p in path.iterdir()) == []
+    else:
+        assert path.read_text() == "the previous version"
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_freeing_space_resumes_to_the_same_run(small_disk, straight):
+    from .conftest import resize_disk
+    from .test_cli_errors import assert_one_error_line
+
+    # Room for the settings, the log and two checkpoints of about 136 kB each: the third does not fit.
+    disk = small_disk("320k")
+    run = disk / "out"
+    args = [a if a != str(straight["out"]) else str(run) for a in straight["args"]]
+    full = run_program("pretrain", args)
+    line = assert_one_error_line(full, f"{run / 'checkpoints' / 'step_00000006'}/", "no space left on device",
+                                 f"the newest complete checkpoint, {run / 'checkpoints' / 'step_00000004'}, is intact",
+                                 "--resume_from_checkpoint latest")
+    assert "basic_ios" not in full.stderr and "unexpected pos" not in full.stderr, line
+    assert [c.name for c in list_checkpoints(run)] == ["step_00000002", "step_00000004"]
+    for checkpoint in list_checkpoints(run):
+        verify_checkpoint(checkpoint)
+    assert hidden_entries(run) == [] and not (run / "all_results.json").exists()
+
+    resize_disk(disk, "2m")  # space freed
+    resumed = run_program("pretrain", [*args, "--resume_from_checkpoint", "latest"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {run / 'checkpoints' / 'step_00000004'} at update 4" in resumed.stdout
+    assert_same_as_straight(run, straight)
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_filling_the_data_cache_is_one_line_naming_the_entry(small_disk, tmp_path, pretrain_args):
+    from .test_cli_errors import assert_one_error_line
+
+    cache = small_disk("64k")
+    result = run_program("pretrain", pretrain_args(tmp_path / "out", 2, "--cache_dir", str(cache)))
+    assert_one_error_line(result, str(cache), "no space left on device",
+                          "no checkpoint was completed yet; free space on that file system (or give another "
+                          "--output_dir or --cache_dir) and run the same command again")
+    assert hidden_entries(cache) == []

@@ -57,6 +57,11 @@ class RunArguments:
                                           "with bf16, a CPU with AVX512-BF16 or AMX), else fp32",
                                   choices=["auto", "no", "fp16", "bf16"])
     torch_compile: bool = option(False, "compile the model's static-shape parts with torch.compile")
+    gradient_checkpointing: bool = option(False, "keep each layer's input only and recompute the rest in the backward "
+                                                 "pass: far less activation memory, about a third more compute, the "
+                                                 "same update")
+    skip_memory_check: bool = option(False, "start even when the memory estimate says the run does not fit "
+                                            "(README, 'Memory')")
     adamw_implementation: str = option("fused", "AdamW kernel: fused (one kernel for all parameters, CPU or GPU), "
                                                 "foreach, or for-loop (one parameter at a time)",
                                        choices=["fused", "foreach", "for-loop"])
@@ -85,6 +90,8 @@ OPERATIONAL = frozenset({
     "output_dir", "recipe", "overwrite_output_dir", "resume_from_checkpoint", "dataloader_num_workers", "cache_dir",
     "checkpointing_steps", "checkpoints_total_limit", "logging_steps", "report_to", "push_to_hub", "hub_model_id",
     "hub_token", "max_consecutive_skips",
+    # A run stopped for memory resumes with less: checkpointing recomputes, it does not change the update.
+    "gradient_checkpointing", "skip_memory_check",
     # A diverged run is resumed with a lower rate: the schedule is rebuilt from the rate given on resume.
     "learning_rate", "head_learning_rate",
 })

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import replace_directory
+from ..atomic import DiskFull, disk_full_errno, replace_directory, torch_save, writing
 from .layout import RunLayout
 
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -129,8 +129,6 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, state: TrainerSt
     checkpoints stay untouched. Called on every process; the main process writes (model and optimizer states
     are replicated across data-parallel processes).
     """
-    from safetensors.torch import save_model
-
     unwrapped = accelerator.unwrap_model(model)
     if not params_finite(unwrapped):
         raise CheckpointError(f"refusing to write a checkpoint at update {state.step}: the model has non-finite "
@@ -138,22 +136,65 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, state: TrainerSt
     target = checkpoint_path(output_dir, state.step)
     staging = target.with_name(f".{target.name}.tmp")
     accelerator.wait_for_everyone()
+    full = None
     if accelerator.is_main_process:
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-        save_model(unwrapped, str(staging / MODEL_NAME))
-        torch.save(optimizer.state_dict(), staging / OPTIMIZER_NAME)
-        if accelerator.scaler is not None:
-            (staging / SCALER_NAME).write_text(json.dumps(accelerator.scaler.state_dict()))
-        (staging / TRAINER_STATE_NAME).write_text(json.dumps(asdict(state), indent=2))
-        write_manifest(staging)
-        replace_directory(staging, target)
-        if keep_last:
-            for old in list_checkpoints(output_dir)[:-keep_last]:
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()
+        try:
+            write_checkpoint_files(accelerator, staging, target, state, unwrapped, optimizer)
+        except BaseException as error:
+            shutil.rmtree(staging, ignore_errors=True)  # never resumed from, but it holds the space a resume needs
+            if not isinstance(error, DiskFull):
+                raise
+            full = (error.filename, error.errno)
+        else:
+            replace_directory(staging, target)
+            if keep_last:
+                for old in list_checkpoints(output_dir)[:-keep_last]:
+                    shutil.rmtree(old)
+    if accelerator.num_processes > 1:  # every process stops together, not the main process alone
+        from accelerate.utils import broadcast_object_list
+
+        full = broadcast_object_list([full])[0]
+    if full is not None:
+        raise DiskFull(full[0], full[1])
     return target
+
+
+def write_checkpoint_files(accelerator, staging: Path, target: Path, state: TrainerState, unwrapped, optimizer
+                           ) -> None:
+    """The files of checkpoint `target`, into the folder `staging`; a full disk is `DiskFull` naming the file."""
+    from safetensors.torch import save_model
+
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    with writing(target / MODEL_NAME):
+        save_model(unwrapped, str(staging / MODEL_NAME))
+    with writing(target / OPTIMIZER_NAME):
+        torch_save(optimizer.state_dict(), staging / OPTIMIZER_NAME)
+    texts = {TRAINER_STATE_NAME: json.dumps(asdict(state), indent=2)}
+    if accelerator.scaler is not None:
+        texts[SCALER_NAME] = json.dumps(accelerator.scaler.state_dict())
+    for name, text in texts.items():
+        with writing(target / name):
+            (staging / name).write_text(text)
+    with writing(target / MANIFEST_NAME):
+        write_manifest(staging)
+
+
+def disk_full_in_run(error: BaseException, output_dir: str | os.PathLike) -> DiskFull | None:
+    """`error` as the one line a run in `output_dir` stopped by a full disk ends with: the file, the newest
+    complete checkpoint and what to do; None when `error` is not about a full disk."""
+    code = disk_full_errno(error)
+    if code is None:
+        return None
+    checkpoints = list_checkpoints(output_dir)
+    if checkpoints:
+        advice = (f"the newest complete checkpoint, {checkpoints[-1]}, is intact; free space on that file system (or "
+                  "lower --checkpoints_total_limit) and run the same command with --resume_from_checkpoint latest")
+    else:
+        advice = ("no checkpoint was completed yet; free space on that file system (or give another --output_dir or "
+                  "--cache_dir) and run the same command again")
+    return DiskFull(getattr(error, "filename", None) or f"a file under {output_dir}", code, advice)
 
 
 def load_checkpoint(accelerator, checkpoint: Path, model, optimizer) -> TrainerState:
@@ -234,6 +275,6 @@ def reset_metrics_log(accelerator, path: str | os.PathLike, step: int) -> Path:
     return path
 
 
-__all__ = ["CheckpointError", "TRAINER_STATE_NAME", "TrainerState", "checkpoint_path", "list_checkpoints",
-           "load_checkpoint", "params_finite", "reset_metrics_log", "restore_checkpoint",
+__all__ = ["CheckpointError", "TRAINER_STATE_NAME", "TrainerState", "checkpoint_path", "disk_full_in_run",
+           "list_checkpoints", "load_checkpoint", "params_finite", "reset_metrics_log", "restore_checkpoint",
            "save_checkpoint", "verify_checkpoint"]

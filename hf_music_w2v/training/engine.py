@@ -39,11 +39,19 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from ..allocator import keep_freed_memory
+from ..atomic import append_text
 from ..errors import SettingsError
 from ..hub import HubError, check_hub_access, push_run, run_repo_ids
 from ..precision import bf16_is_native
 from .arguments import EXTENDABLE, OPERATIONAL, RunArguments
-from .checkpoints import TrainerState, params_finite, reset_metrics_log, restore_checkpoint, save_checkpoint
+from .checkpoints import (
+    TrainerState,
+    disk_full_in_run,
+    params_finite,
+    reset_metrics_log,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from .layout import OutputDirInUse, OutputDirTaken, RunLayout
 from .signals import RunStopped, StopRequests
 
@@ -330,6 +338,11 @@ def train(task: TrainingTask) -> int:
     try:
         with StopRequests() as stops:
             return train_in(task, layout, stops)
+    except Exception as error:  # a full disk under any writer (trackers too): one line naming the newest checkpoint
+        full = disk_full_in_run(error, layout.root)
+        if full is None:
+            raise
+        raise full from None
     finally:
         # Released cleanly, the lock names no holder, so only a run that died holding it is reported as gone.
         layout.unlock()
@@ -418,8 +431,7 @@ def train_in(task: TrainingTask, layout: RunLayout, stops: StopRequests) -> int:
         if report_to:
             accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
         if accelerator.is_main_process:
-            with metrics_path.open("a") as file:
-                file.write(json.dumps(metrics) + "\n")
+            append_text(metrics_path, json.dumps(metrics) + "\n")
 
     def evaluate() -> None:
         metrics, score = task.evaluate(accelerator, model)

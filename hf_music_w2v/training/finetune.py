@@ -26,6 +26,7 @@ from torch.utils.data import Dataset as TorchDataset
 from transformers.utils import logging
 
 from ..atomic import atomic_path, write_text_atomic
+from ..audio import NOTE_SAMPLES
 from ..configuration_music_wav2vec2 import MusicWav2Vec2Config
 from ..data.nsynth import COLLATED_COLUMNS, collate_notes
 from ..errors import naming
@@ -57,12 +58,17 @@ from .engine import (
     train,
 )
 from .layout import HEADS, SCORES, RunLayout, result_key
+from .memory import check_memory, enable_gradient_checkpointing, estimate_training_memory
 
 #: `--model_name_or_path` value for the wav2vec2-base architecture with random weights (the no-pretraining baseline).
 BASE_PRESET = f"{PRESET_PREFIX}wav2vec2-base"
 
 
 logger = logging.get_logger(__name__)
+
+#: What a fine-tuning run that does not fit in memory can change.
+MEMORY_OPTIONS = ("--gradient_checkpointing, a smaller --per_device_train_batch_size (with --gradient_accumulation_steps "
+                  "to keep the update's size), --freeze_base_model (a linear probe), or --recipe mini")
 
 #: The classifier's own new heads, which no backbone checkpoint holds.
 NEW_HEADS = ("pitch_head.", "instrument_head.")
@@ -318,6 +324,8 @@ class FinetuneTask(TrainingTask):
             model.freeze_base_model()
         elif args.freeze_feature_encoder:
             model.freeze_feature_encoder()
+        if self.run.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.model, self.config = model, model.config
         return model
 
@@ -351,6 +359,11 @@ class FinetuneTask(TrainingTask):
             accelerator.print("(--max_train_samples / --max_eval_samples: subsets drawn at random with seed 0)")
 
     def prepare_data(self, accelerator) -> None:
+        # Before the first update (and the probe's feature pass), so a run that cannot fit says so instead of
+        # being killed by the kernel. With cached features the backbone never runs in training.
+        estimate = estimate_training_memory(self.model, self.run.per_device_train_batch_size, NOTE_SAMPLES,
+                                            pretraining=False, gradient_checkpointing=self.run.gradient_checkpointing)
+        check_memory(accelerator, estimate, MEMORY_OPTIONS, self.run.skip_memory_check)
         self.sources = {name: notes.select_columns(list(COLLATED_COLUMNS)) for name, notes in self.splits.items()}
         self.collate = collate_notes
         self.feature_seconds = 0.0

@@ -23,7 +23,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..atomic import write_text_atomic
+from ..atomic import write_text_atomic, writing
 
 #: The two heads of the classifier, by the one name used in results keys, logits and labels.
 HEADS = ("pitch", "instrument")
@@ -105,8 +105,9 @@ class RunLayout:
         previous = handle.read().strip() or None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        handle.flush()
+        with writing(self.lock_file):
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
         self._lock_handle = handle
         return previous
 

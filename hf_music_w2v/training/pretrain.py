@@ -42,8 +42,13 @@ from .engine import (
     step_if_finite,
     train,
 )
+from .memory import check_memory, enable_gradient_checkpointing, estimate_training_memory
 
 logger = get_logger(__name__)
+
+#: What a pretraining run that does not fit in memory can change.
+MEMORY_OPTIONS = ("--gradient_checkpointing, a smaller --per_device_train_batch_size (with --gradient_accumulation_steps "
+                  "to keep the update's size), shorter crops (--random_crop_seconds), or --recipe mini")
 
 
 def num_feature_frames(config: Wav2Vec2Config, num_samples: int) -> int:
@@ -361,7 +366,16 @@ class PretrainTask(TrainingTask):
         else:
             model = Wav2Vec2ForPreTraining(self.config)
         feature_grad_multiplier(model, self.args.feature_grad_mult)
+        if self.run.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        self.model = model
         return model
+
+    def prepare_data(self, accelerator) -> None:
+        # Before the first update, so a run that cannot fit says so instead of being killed by the kernel.
+        estimate = estimate_training_memory(self.model, self.run.per_device_train_batch_size, self.crop_samples,
+                                            pretraining=True, gradient_checkpointing=self.run.gradient_checkpointing)
+        check_memory(accelerator, estimate, MEMORY_OPTIONS, self.run.skip_memory_check)
 
     @property
     def find_unused_parameters(self) -> bool:
