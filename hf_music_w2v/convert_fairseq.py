@@ -488,6 +488,11 @@ def convert_fairseq_checkpoint(checkpoint_path: str | os.PathLike, output_dir: s
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / "config.json").is_file())):
         raise FairseqCheckpointError(f"{output} exists and is not a model folder (no config.json); the output is "
                                      "written as a whole folder, so give a new or empty folder")
+    run_files = [name for name in ("checkpoints", "run_settings.json", ".run.lock", "all_results.json")
+                 if (output / name).exists()]
+    if run_files:
+        raise FairseqCheckpointError(f"{output} is a training run's folder (it holds {', '.join(run_files)}); the "
+                                     "output replaces its folder as a whole, so give a new or empty folder")
     checkpoint = load_fairseq_checkpoint(checkpoint_path)
     checkpoint.sha256 = sha256_of(checkpoint.path)
     model = build_model(checkpoint)

@@ -187,9 +187,10 @@ def hub_failure(error: Exception) -> str:
 def hub_errors() -> tuple[type[BaseException], ...]:
     """What talking to the Hub raises: huggingface_hub's HTTP errors, the HTTP client's (a refused connection is
     not an `OSError` there), and `OSError`s (no token, offline mode, files)."""
+    from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import httpx  # huggingface_hub's HTTP client, under the name it keeps stable
 
-    return (httpx.HTTPError, OSError)
+    return (httpx.HTTPError, HFValidationError, OSError)  # HFValidationError: a repository id that is no id
 
 
 def check_hub_access(repo_ids: list[str], token: str | None = None) -> str:
@@ -246,7 +247,8 @@ def push_folder(folder: str | os.PathLike, repo_id: str, token: str | None = Non
     # inside it (same file system; dot files are never uploaded), with its own README.md.
     with tempfile.TemporaryDirectory(prefix=".push.tmp-", dir=folder) as staging:
         copy = Path(staging) / "upload"
-        shutil.copytree(folder, copy, copy_function=link_or_copy, ignore=shutil.ignore_patterns(".*"))
+        shutil.copytree(folder, copy, copy_function=link_or_copy,
+                        ignore=shutil.ignore_patterns(".*", "checkpoints", "features", "best_model", "widget"))
         (copy / "README.md").unlink(missing_ok=True)  # a link to the run's card: replaced, not written through
         (copy / "README.md").write_text(card)
         return api.upload_folder(repo_id=repo_id, folder_path=str(copy), commit_message=commit_message,

@@ -208,6 +208,7 @@ def test_cli_converts_and_reports(converted, tmp_path, capsys):
     ("ctc", "fine-tuned model"),
     ("payload", "refused: the checkpoint holds the Python global"),
     ("occupied", "is not a model folder"),
+    ("run folder", "is a training run's folder"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, case, message):
     path = tmp_path / "in.pt"
@@ -223,11 +224,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys, case, message):
         write_checkpoint(path)
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "notes.txt").write_text("keep me")
+    elif case == "run folder":  # a finished pretraining output has a config.json too: never replaced
+        write_checkpoint(path)
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "config.json").write_text("{}")
+        (tmp_path / "out" / "run_settings.json").write_text("{}")
     assert main(["convert-fairseq", str(path), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "marker").exists()
     if case == "occupied":
         assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+    elif case == "run folder":
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "run_settings.json"]
     else:
         assert not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,16 @@ def test_a_finished_run_is_extended_from_its_last_checkpoint_and_never_shortened
     first = run_program("pretrain", pretrain_args(out, 4, "--logging_steps", "1"))
     assert first.returncode == 0, first.stderr[-3000:]
     peak = json.loads((out / "run_settings.json").read_text())["learning_rate"]
+    finished = (out / "all_results.json").read_text()
+
+    # A raise that cannot lengthen the run (--max_train_steps 4 bounds it) is refused before anything changes, and
+    # the run stays finished under its own settings.
+    epochs = cli("pretrain", *pretrain_args(out, 4, "--logging_steps", "1", "--num_train_epochs", "1000",
+                                            "--resume_from_checkpoint", "latest"))
+    assert_one_error_line(epochs, "does not lengthen the run")
+    assert (out / "all_results.json").read_text() == finished
+    again = run_program("pretrain", pretrain_args(out, 4, "--logging_steps", "1", "--resume_from_checkpoint", "latest"))
+    assert again.returncode == 0 and "holds a finished run" in again.stdout
 
     extended = run_program("pretrain", pretrain_args(out, 6, "--logging_steps", "1", "--resume_from_checkpoint",
                                                      "latest"))
@@ -55,6 +66,12 @@ def test_a_finished_run_is_extended_from_its_last_checkpoint_and_never_shortened
 
     shorter = cli("pretrain", *pretrain_args(out, 5, "--logging_steps", "1", "--resume_from_checkpoint", "latest"))
     assert_one_error_line(shorter, "--max_train_steps 6", "can be extended, not shortened")
+    assert json.loads((out / "all_results.json").read_text())["steps"] == 6
+
+    # Without a checkpoint there is nothing to extend from: refused, nothing retrained from scratch.
+    shutil.rmtree(out / "checkpoints")
+    longer = cli("pretrain", *pretrain_args(out, 8, "--logging_steps", "1", "--resume_from_checkpoint", "latest"))
+    assert_one_error_line(longer, "holds no checkpoint to extend the run from")
     assert json.loads((out / "all_results.json").read_text())["steps"] == 6
 
 

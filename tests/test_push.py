@@ -177,7 +177,7 @@ def test_a_card_names_the_repository_it_is_uploaded_to():
 
 
 @pytest.mark.parametrize("case", ["no final model", "no folder", "offline", "unreachable", "no token",
-                                  "invalid token", "read-only token", "another user's namespace"])
+                                  "invalid token", "read-only token", "another user's namespace", "not a repository id"])
 def test_a_push_that_cannot_work_is_one_line_and_uploads_nothing(case, failed_upload, hub, tmp_path):
     out = failed_upload["out"]
     unfinished = tmp_path / "unfinished"
@@ -195,6 +195,7 @@ def test_a_push_that_cannot_work_is_one_line_and_uploads_nothing(case, failed_up
         "read-only token": (out, "me/w2v", {"HF_TOKEN": "hf_read_only"}, ("read-only", "write access")),
         "another user's namespace": (out, "someone-else/w2v", {},
                                      ("--hub_model_id someone-else/w2v", "cannot write to someone-else")),
+        "not a repository id": (out, "me/my model", {}, ("me/my model",)),
     }[case]
     result = cli("push", str(run_dir), "--hub_model_id", repo, **{**env, **extra})
     assert_one_error_line(result, *expected)

@@ -283,8 +283,9 @@ def on_main_process(accelerator, action, errors: tuple[type[BaseException], ...]
         raise SystemExit(f"error: {message}" if accelerator.is_main_process else 1)  # one line, not one per process
 
 
-def claim_output_dir(accelerator, layout: RunLayout, task: TrainingTask) -> None:
-    """Lock the output folder for this run and check it holds no other run; every process stops on failure."""
+def claim_output_dir(accelerator, layout: RunLayout, task: TrainingTask) -> bool:
+    """Lock the output folder for this run and check it holds no other run; every process stops on failure.
+    True on every process when the run is being extended (a resume raised its length)."""
     def claim() -> None:
         previous = layout.lock()
         if previous and "pid" in previous:
@@ -296,6 +297,8 @@ def claim_output_dir(accelerator, layout: RunLayout, task: TrainingTask) -> None
             accelerator.print(note)
 
     on_main_process(accelerator, claim, (OutputDirInUse, OutputDirTaken))
+    extending = bool(layout.extending)
+    return broadcast_object_list([extending])[0] if accelerator.num_processes > 1 else extending
 
 
 def check_hub(accelerator, task: TrainingTask) -> None:
@@ -338,6 +341,8 @@ def train(task: TrainingTask) -> int:
     try:
         with StopRequests() as stops:
             return train_in(task, layout, stops)
+    except HubError:
+        raise  # its own line says how to retry the upload
     except Exception as error:  # a full disk under any writer (trackers too): one line naming the newest checkpoint
         full = disk_full_in_run(error, layout.root)
         if full is None:
@@ -372,8 +377,8 @@ def train_in(task: TrainingTask, layout: RunLayout, stops: StopRequests) -> int:
     check_launch(accelerator)
     if run.push_to_hub:
         check_hub(accelerator, task)
-    claim_output_dir(accelerator, layout, task)
-    if layout.is_finished() and run.resume_from_checkpoint is not None:
+    extending = claim_output_dir(accelerator, layout, task)
+    if layout.is_finished() and run.resume_from_checkpoint is not None and not extending:
         if not run.push_to_hub:
             accelerator.print(f"{layout.root} holds a finished run ({layout.RESULTS}); nothing to do")
             return 0
@@ -393,6 +398,8 @@ def train_in(task: TrainingTask, layout: RunLayout, stops: StopRequests) -> int:
     if per_epoch is None and run.max_train_steps is None:
         raise SystemExit("error: --streaming needs --max_train_steps (the number of examples is not known in advance)")
     max_steps = run.max_train_steps or run.num_train_epochs * (per_epoch // accumulation)
+    # The updates this run makes at most: the other bound may stop it before max_steps.
+    length = min(max_steps, run.num_train_epochs * (per_epoch // accumulation)) if per_epoch else max_steps
 
     optimizer = build_optimizer(task.parameter_groups(model), run)
     learning_rates = [group["lr"] for group in optimizer.param_groups]
@@ -402,15 +409,20 @@ def train_in(task: TrainingTask, layout: RunLayout, stops: StopRequests) -> int:
     unwrapped = accelerator.unwrap_model(model)
 
     state = restore_checkpoint(accelerator, run.resume_from_checkpoint, layout.root, model, optimizer)
-    extended = state.max_steps is not None and max_steps > state.max_steps
+    if extending and (state.step == 0 or (state.max_steps is not None and length <= state.max_steps)):
+        raise SettingsError(
+            f"{layout.root}: " + ("no intact checkpoint to extend the run from" if state.step == 0 else
+                                  f"the raised setting does not lengthen the run ({state.max_steps} updates, bounded "
+                                  "by the other of --max_train_steps and --num_train_epochs: raise that one too)"))
+    extended = state.max_steps is not None and length > state.max_steps
     if extended:
-        state.extensions.append({"at_step": state.step, "from_updates": state.max_steps, "to_updates": max_steps})
+        state.extensions.append({"at_step": state.step, "from_updates": state.max_steps, "to_updates": length})
         if state.micro_batches_in_epoch and state.epoch in state.epochs_evaluated:
             state.epochs_evaluated.remove(state.epoch)  # the run stopped mid-epoch: score the epoch at its new end
-    elif state.max_steps is not None and max_steps < state.max_steps and state.step > max_steps:
-        raise SettingsError(f"{layout.root} is at update {state.step}, past the {max_steps} updates these settings "
+    elif state.max_steps is not None and length < state.max_steps and state.step > length:
+        raise SettingsError(f"{layout.root} is at update {state.step}, past the {length} updates these settings "
                             "give; a run can be extended, not shortened")
-    state.max_steps = max_steps
+    state.max_steps = length
     # The schedule is a function of the update count, rebuilt at the restored update from this run's learning
     # rates (so a rate given on resume re-bases it). It is stepped here rather than by accelerate, which would
     # step it once per process and so change the schedule with the number of processes.
@@ -451,7 +463,12 @@ def train_in(task: TrainingTask, layout: RunLayout, stops: StopRequests) -> int:
                     disable=not accelerator.is_local_main_process)
     model.train()
     window_start, window_audio = time.perf_counter(), 0.0
+    if extending and accelerator.is_main_process:  # from here on the run is the extended one
+        kept = layout.start_extension(task.settings())
+        if kept:
+            accelerator.print(f"the finished run's results are kept in {kept}")
     stops.armed = True
+    signum = None
     while state.step < max_steps and state.epoch < run.num_train_epochs:
         batches = task.micro_batches(accelerator, state.epoch, state.micro_batches_in_epoch)
         epoch_done = False
@@ -528,6 +545,9 @@ def train_in(task: TrainingTask, layout: RunLayout, stops: StopRequests) -> int:
     stops.armed = False
     progress.close()
     state.train_seconds += time.perf_counter() - window_start
+    if signum is not None:  # asked during the last update, whose checkpoint is written: a resume writes the outputs
+        accelerator.end_training()
+        raise RunStopped(signum, stopped_message(signum, state.step, saved) if accelerator.is_main_process else "")
 
     accelerator.wait_for_everyone()
     results = task.finish(accelerator, model, state, layout)

@@ -55,6 +55,7 @@ class RunLayout:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self._lock_handle = None
+        self.extending: list[str] = []  # set by `claim`: the raised settings of a run being extended
 
     checkpoints = property(lambda self: self.root / "checkpoints")
     logs = property(lambda self: self.root / "logs")
@@ -128,8 +129,9 @@ class RunLayout:
         with the same settings (those in `operational` may differ: logging, upload, resume flags) or
         `overwrite` is given, which deletes that state first; a folder without a checkpoint or results holds nothing
         to resume and is taken over the same way. A resume may raise the settings in `extendable` (the run's
-        length), never lower them; a finished run so extended is no longer finished, and its results move to
-        `logs/` under the update they were made at. The settings are then written to the folder.
+        length), never lower them, when the folder holds a checkpoint to extend from; `self.extending` then says
+        so, and the raised values are written by `start_extension` once the extended training really starts (so
+        an extension stopped before that leaves the run as it was). The settings are then written to the folder.
         """
         from .checkpoints import list_checkpoints
 
@@ -178,15 +180,26 @@ class RunLayout:
                     f"shortened (--{lowered[0]} {settings[lowered[0]]}). Give {previous[lowered[0]]} or more, or "
                     "start over with --overwrite_output_dir")
             if raised:
-                note = f"extending the run in {self.root} ({'; '.join(raised)})"
-                if self.results.is_file():
-                    steps = self.read_results().get("steps", "unknown")
-                    kept = self.logs / f"all_results.update_{steps}.json"
-                    self.logs.mkdir(parents=True, exist_ok=True)
-                    os.replace(self.results, kept)
-                    note += f"; the finished run's results are kept in {kept}"
+                if not list_checkpoints(self.root):
+                    raise OutputDirTaken(
+                        f"{self.root} holds no checkpoint to extend the run from ({'; '.join(raised)}); resume with "
+                        "the same settings, or start over with --overwrite_output_dir")
+                self.extending = raised
+                note = f"extending the run in {self.root} from its newest checkpoint ({'; '.join(raised)})"
+                settings = {**settings, **{name: previous[name] for name in extendable if name in previous}}
         write_text_atomic(self.settings, json.dumps(settings, indent=2, sort_keys=True))
         return note
+
+    def start_extension(self, settings: dict) -> str | None:
+        """The extended run starts: its raised settings are written, and a finished run's results move to
+        `logs/all_results.update_N.json` (the run is no longer finished). Returns where they went, if anywhere."""
+        write_text_atomic(self.settings, json.dumps(settings, indent=2, sort_keys=True))
+        if not self.results.is_file():
+            return None
+        kept = self.logs / f"all_results.update_{self.read_results().get('steps', 'unknown')}.json"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        os.replace(self.results, kept)
+        return str(kept)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

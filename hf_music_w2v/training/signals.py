@@ -76,7 +76,10 @@ class StopRequests:
             os._exit(exit_status(signum))
         self.signum, self.first_at = signum, now
         if not self.armed:
-            raise RunStopped(signum)
+            main = os.environ.get("RANK", "0") == "0"
+            raise RunStopped(signum, f"stopped by {signal.Signals(signum).name} outside the training updates; "
+                                     "completed checkpoints are kept, and the same command with "
+                                     "--resume_from_checkpoint latest continues the run" if main else "")
 
     def agreed(self, accelerator) -> int | None:
         """The signal every process stops on after this update, or None: one process's request stops them all."""
