@@ -95,7 +95,8 @@ def run_make_mini_datasets(args: argparse.Namespace) -> int:
         from .data.mini_tasks import write_mini_tasks
 
         tasks = write_mini_tasks(out_dir, out_dir / "tasks", seed=args.seed)
-        print(f"probe tasks in {out_dir / 'tasks'}: " + " ".join(tasks))
+        print(f"probe tasks in {out_dir / 'tasks'}: "
+              + " ".join(str(folder.relative_to(out_dir / "tasks")) for folder in tasks.values()))
     return 0
 
 

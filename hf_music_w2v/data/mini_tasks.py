@@ -72,6 +72,9 @@ def musicnet_windows(musicnet_dir: Path, audio_dir: Path, seconds: float) -> dic
             sf.write(audio_dir / file_name, resample(audio[start:start + window], MUSICNET_SAMPLING_RATE,
                                                      SAMPLING_RATE), SAMPLING_RATE, subtype="PCM_16")
             windows[WINDOW_SPLITS[index % len(WINDOW_SPLITS)]].append((file_name, names))
+    if not all(windows.values()):
+        raise ValueError(f"{musicnet_dir}: its recordings give no {seconds} s window to valid or test; each split "
+                         f"needs recordings of at least {len(WINDOW_SPLITS) * seconds:g} s (--musicnet_seconds)")
     return windows
 
 
