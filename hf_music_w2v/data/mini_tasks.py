@@ -10,8 +10,8 @@ audio says nothing about them and a probe should stay at chance):
 - `musicnet_instruments` (multilabel): the instruments sounding in a window of a mini-MusicNet recording, from
   its label CSVs (a note sounds from `start_time` to `end_time`, in 44.1 kHz samples).
 MARBLE forms go to `OUT/marble/<name>/` ({split}.jsonl, audio paths relative to the folder, into `OUT/audio/`);
-HEAR forms of the two classification tasks to `OUT/hear/<name>-hear/` (named apart, so both forms run in one probe) (task_metadata.json, labelvocabulary.csv,
-{split}.json, audio under 16000/{split}/).
+HEAR forms of the two classification tasks to `OUT/hear/<name>-hear/` (task_metadata.json, labelvocabulary.csv,
+{split}.json, audio under 16000/{split}/; named apart from the MARBLE forms, so both can run in one probe).
 """
 
 import csv
