@@ -4,7 +4,7 @@
     hf-music-w2v pretrain --musicnet_dir DIR --output_dir OUT [--recipe mini] [--num_processes N] [...]
     hf-music-w2v finetune --model_name_or_path MODEL --nsynth_dir DIR --output_dir OUT [...]
     hf-music-w2v results docs/demo_results.json [--readme README.md [--check]]
-    hf-music-w2v make-mini-datasets data/mini --seed 0
+    hf-music-w2v make-mini-datasets data/mini --seed 0 [--tasks]
     hf-music-w2v predict MODEL note.wav song.flac [--top_k 3] [--json]
     hf-music-w2v embed MODEL *.wav --layer 6 --output embeddings.npz
     hf-music-w2v export-onnx MODEL model.onnx
@@ -84,13 +84,19 @@ def run_make_mini_datasets(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.out_dir)
     nsynth = make_mini_nsynth(out_dir / "nsynth", seed=args.seed, notes_per_instrument=args.notes_per_instrument,
-                              soundfont=args.soundfont)
+                              soundfont=args.soundfont, pitches=args.pitches)
     musicnet = make_mini_musicnet(out_dir / "musicnet", seed=args.seed, seconds=args.musicnet_seconds,
                                   soundfont=args.soundfont)
     print(f"mini-NSynth in {out_dir / 'nsynth'}: " + ", ".join(f"{k} {v} notes" for k, v in nsynth.items()))
     print(f"mini-MusicNet in {out_dir / 'musicnet'}: " + ", ".join(f"{k} {v} recordings" for k, v in musicnet.items()))
     speech = make_mini_speech(out_dir / "speech", seed=args.seed, seconds_per_speaker=args.speech_seconds)
     print(f"mini-speech in {speech}: {len(list(speech.rglob('*.flac')))} utterances")
+    if args.tasks:
+        from .data.mini_tasks import write_mini_tasks
+
+        tasks = write_mini_tasks(out_dir, out_dir / "tasks", seed=args.seed)
+        print(f"probe tasks in {out_dir / 'tasks'}: "
+              + " ".join(str(folder.relative_to(out_dir / "tasks")) for folder in tasks.values()))
     return 0
 
 
@@ -495,11 +501,18 @@ def build_parser() -> argparse.ArgumentParser:
     mini.add_argument("--seed", type=int, default=0, help="chooses pitches and velocities (default 0)")
     mini.add_argument("--notes_per_instrument", type=int, default=8,
                       help="NSynth notes per instrument, 55 instruments in all (default 8)")
+    mini.add_argument("--pitches", type=int, nargs="+", default=None,
+                      help="MIDI pitches the NSynth notes are drawn from, within each instrument's range (default: "
+                           "the whole range); e.g. 36 60 84 gives the tasks of --tasks three registers far apart")
     mini.add_argument("--musicnet_seconds", type=float, default=30.0,
                       help="seconds of each of the 8 scores rendered for MusicNet (default 30)")
     mini.add_argument("--speech_seconds", type=float, default=30.0,
                       help="seconds read by each of the 8 mini-speech speakers (default 30, as much as MusicNet)")
     mini.add_argument("--soundfont", default=None, help="a General MIDI .sf2 (default: pretty_midi's TimGM6mb)")
+    mini.add_argument("--tasks", action="store_true",
+                      help="also write probe task folders from them into OUT_DIR/tasks: MARBLE forms in marble/, "
+                           "HEAR forms in hear/, each with a shuffled-label control (README 'Probing any labelled "
+                           "task')")
     mini.set_defaults(handler=run_make_mini_datasets)
 
     predict = commands.add_parser(

@@ -333,3 +333,66 @@ def test_two_tasks_of_one_name_and_unknown_task_kind_names_are_refused(encoder_d
         probe_tasks(str(encoder_dir), [str(first), str(second)], tmp_path / "out", QUICK)
     with pytest.raises(ProbeError, match="--task_kind names tonez, which is not among the task folders"):
         probe_tasks(str(encoder_dir), [str(first)], tmp_path / "out", QUICK, kinds={"tonez": "single"})
+
+
+# ------------------------------------------------------------------------------------------ mini tasks
+
+
+@pytest.fixture(scope="module")
+def mini_tasks(mini_root, tmp_path_factory) -> dict[str, Path]:
+    """The package's mini tasks from a mini-NSynth whose notes are at MIDI 36, 60 and 84 only (registers far
+    apart, so a random encoder carries them) and the session's mini-MusicNet."""
+    from hf_music_w2v.data.mini import make_mini_nsynth
+    from hf_music_w2v.data.mini_tasks import write_mini_tasks
+
+    root = tmp_path_factory.mktemp("mini_tasks")
+    make_mini_nsynth(root / "nsynth", seed=0, notes_per_instrument=4, pitches=(36, 60, 84))
+    (root / "musicnet").symlink_to(mini_root / "musicnet")
+    return write_mini_tasks(root, root / "tasks", seed=0)
+
+
+def test_mini_tasks_are_written_in_marble_and_hear_layouts(mini_tasks):
+    assert sorted(mini_tasks) == sorted(f"{form}/{name}{control}" for form, name in [
+        ("marble", "nsynth_register"), ("marble", "nsynth_pitch"), ("marble", "musicnet_instruments"),
+        ("hear", "nsynth_register"), ("hear", "musicnet_instruments")] for control in ("", "_shuffled"))
+    kinds = {name: load_task(folder).kind for name, folder in mini_tasks.items()}
+    assert kinds["marble/nsynth_register"] == kinds["hear/nsynth_register"] == "single"
+    assert kinds["marble/musicnet_instruments"] == kinds["hear/musicnet_instruments"] == "multilabel"
+    assert kinds["marble/nsynth_pitch"] == "regression"
+    instruments = load_task(mini_tasks["hear/musicnet_instruments"])
+    assert {"violin", "cello", "piano", "harpsichord", "flute"} <= set(instruments.names)
+    assert instruments.metadata["audio_sample_rate"] == 16_000 and instruments.files["test"][0].parent.name == "test"
+    marble = load_task(mini_tasks["marble/musicnet_instruments"])
+    assert marble.counts() == instruments.counts() and (marble.labels["test"] == instruments.labels["test"]).all()
+    assert load_task(mini_tasks["marble/nsynth_pitch"]).labels["train"].max() == pytest.approx(84 / 127)
+    for name in ("marble/nsynth_register", "marble/musicnet_instruments", "marble/nsynth_pitch"):
+        real, control = load_task(mini_tasks[name]), load_task(mini_tasks[f"{name}_shuffled"])
+        for split in ("train", "valid", "test"):  # the same clips, the same labels per split, in another order
+            assert [path.resolve() for path in real.files[split]] == [path.resolve() for path in control.files[split]]
+            assert sorted(map(str, real.labels[split].tolist())) == sorted(map(str, control.labels[split].tolist()))
+            assert (real.labels[split] != control.labels[split]).any()
+
+
+def test_probes_learn_the_mini_tasks_and_stay_at_chance_on_their_shuffled_controls(mini_tasks, tmp_path):
+    from transformers import Wav2Vec2ForPreTraining
+
+    # Layer-normed, wider convolutions: random weights whose pooled features keep register, pitch and timbre.
+    torch.manual_seed(0)
+    Wav2Vec2ForPreTraining(tiny_pretraining_config(conv_dim=(32, 32), feat_extract_norm="layer",
+                                                   conv_bias=True)).save_pretrained(tmp_path / "encoder")
+    summary = probe_tasks(str(tmp_path / "encoder"), list(mini_tasks.values()), tmp_path / "out", QUICK,
+                          feature_cache_dir=tmp_path / "features")
+
+    def test_score(task: str, metric: str) -> float:
+        from hf_music_w2v.probing import best_entry
+
+        return best_entry(json.loads((tmp_path / "out" / task / "probe_results.json").read_text()))[metric]
+
+    assert len(summary["tasks"]) == 10
+    for task in ("nsynth_register", "nsynth_register-hear"):  # chance: 1/3 (the three registers are as common)
+        assert test_score(task, "test_accuracy") >= 0.65
+        assert test_score(task.replace("register", "register_shuffled"), "test_accuracy") <= 0.55
+    for task in ("musicnet_instruments", "musicnet_instruments-hear"):  # chance: ROC-AUC 0.5
+        assert test_score(task, "test_roc_auc") >= 0.75
+        assert test_score(task.replace("instruments", "instruments_shuffled"), "test_roc_auc") <= 0.65
+    assert test_score("nsynth_pitch", "test_r2") >= 0.45 and test_score("nsynth_pitch_shuffled", "test_r2") <= 0.15
