@@ -125,3 +125,16 @@ def test_fine_tune_reads_encoder_settings_from_w2v_path(tmp_path):
     torch.save({k: raw[k] for k in ("args", "cfg", "model")}, tmp_path / "ctc.pt")
     loaded = load_fairseq_checkpoint(tmp_path / "ctc.pt")
     assert loaded.fine_tuned == "wav2vec_ctc" and loaded.model["encoder_embed_dim"] == 24
+
+
+def test_fine_tuned_encoder_is_a_finetuning_start(tmp_path):
+    from hf_music_w2v.modeling_music_wav2vec2 import Wav2Vec2ForMusicClassification
+    from hf_music_w2v.training.finetune import build_classifier
+
+    folder = convert_fairseq_checkpoint(FIXTURES / "ctc.pt", tmp_path / "converted").output_dir
+    with quiet_loading():
+        encoder = Wav2Vec2Model.from_pretrained(folder)
+    model = build_classifier(str(folder)).eval()  # what `hf-music-w2v finetune --model_name_or_path` runs
+    assert isinstance(model, Wav2Vec2ForMusicClassification)
+    torch.testing.assert_close(model.wav2vec2.encoder.layers[0].attention.q_proj.weight,
+                               encoder.encoder.layers[0].attention.q_proj.weight, rtol=0, atol=0)
