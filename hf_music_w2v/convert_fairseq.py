@@ -260,11 +260,11 @@ def encoder_settings(path: Path, model: dict) -> tuple[dict, dict]:
         raise FairseqCheckpointError(f"{path}: a fine-tuned model whose encoder settings are only in its w2v_path "
                                      f"{pretraining}, which is not a file here; put that pretraining checkpoint "
                                      "there (its settings are read, not its weights)")
-    encoder = load_fairseq_checkpoint(found)
+    encoder = load_fairseq_checkpoint(found, pretraining_only=True)
     return encoder.model, encoder.task
 
 
-def load_fairseq_checkpoint(path: str | os.PathLike) -> FairseqCheckpoint:
+def load_fairseq_checkpoint(path: str | os.PathLike, pretraining_only: bool = False) -> FairseqCheckpoint:
     """Read a fairseq wav2vec 2.0 checkpoint without fairseq and without running pickled code: a pretraining
     checkpoint, or a fine-tune, of which only the wav2vec 2.0 encoder is kept (`head` names what is left out)."""
     path = Path(path)
@@ -291,6 +291,9 @@ def load_fairseq_checkpoint(path: str | os.PathLike) -> FairseqCheckpoint:
     if name != "wav2vec2" and isinstance(model, dict) and (
             name.startswith("wav2vec_") or "w2v_args" in model or "w2v_path" in model):
         fine_tuned = name or "fine-tuned"
+        if pretraining_only:  # a fine-tune's w2v_path names another fine-tune (or itself): not followed further
+            raise FairseqCheckpointError(f"{path}, named by a fine-tune's w2v_path, is itself a fine-tuned "
+                                         f"{fine_tuned} model, not the pretraining checkpoint")
         model, task = encoder_settings(path, model)
         prefixes = sorted({match.group(1) for key in tensors if (match := _ENCODER_PREFIX.match(key))})
         if len(prefixes) != 1:

@@ -138,3 +138,34 @@ def test_fine_tuned_encoder_is_a_finetuning_start(tmp_path):
     assert isinstance(model, Wav2Vec2ForMusicClassification)
     torch.testing.assert_close(model.wav2vec2.encoder.layers[0].attention.q_proj.weight,
                                encoder.encoder.layers[0].attention.q_proj.weight, rtol=0, atol=0)
+
+
+def test_w2v_path_naming_a_fine_tune_is_one_error_line(tmp_path, capsys):
+    raw = read_checkpoint_file(FIXTURES / "ctc.pt")
+    raw["cfg"]["model"]["w2v_args"] = None
+    raw["cfg"]["model"]["w2v_path"] = str(tmp_path / "ctc.pt")  # itself
+    torch.save({k: raw[k] for k in ("args", "cfg", "model")}, tmp_path / "ctc.pt")
+    assert main(["convert-fairseq", str(tmp_path / "ctc.pt"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is itself a fine-tuned" in err and len(err.strip().splitlines()) == 1
+
+
+@torch.no_grad()
+def test_namespace_fine_tune_converts_alike(tmp_path):
+    """fairseq before 0.10: the fine-tune's settings and its encoder's (`w2v_args`) as flat argparse.Namespaces."""
+    import argparse
+
+    raw = read_checkpoint_file(FIXTURES / "ctc.pt")
+    settings = raw["cfg"]["model"]
+    encoder = {**settings["w2v_args"]["task"], **settings["w2v_args"]["model"], "arch": "wav2vec2"}
+    encoder.pop("_name")
+    flat = {k: v for k, v in settings.items() if k not in ("_name", "w2v_args")}
+    namespace = argparse.Namespace(**flat, arch="wav2vec_ctc", w2v_args=argparse.Namespace(**encoder))
+    torch.save({"args": namespace, "model": raw["model"]}, tmp_path / "old.pt")
+    conversion = convert_fairseq_checkpoint(tmp_path / "old.pt", tmp_path / "converted")
+    assert conversion.form == "Namespace" and conversion.head == HEADS["ctc"]
+    theirs = reference("ctc")
+    with quiet_loading():
+        model = Wav2Vec2Model.from_pretrained(conversion.output_dir).eval()
+    assert differences({"last_hidden_state": model(theirs["input_values"]).last_hidden_state},
+                       theirs)["last_hidden_state"] <= TOLERANCE
