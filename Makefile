@@ -21,7 +21,7 @@ FAIRSEQ_PY := $(FAIRSEQ_VENV)/bin/python
 FAIRSEQ_STAMP := $(FAIRSEQ_VENV)/.installed
 FAIRSEQ_SPEC ?= fairseq-fixed==0.12.3.1
 
-.PHONY: install demo reproduce test test-fairseq lint clean
+.PHONY: install demo reproduce test test-fairseq fairseq-check lint clean
 
 install: $(STAMP)
 
@@ -52,6 +52,13 @@ $(FAIRSEQ_STAMP): setup.cfg pyproject.toml
 
 test-fairseq: $(FAIRSEQ_STAMP)
 	HF_HUB_OFFLINE=1 $(FAIRSEQ_PY) -m pytest tests/test_fairseq_against_fairseq.py -s -W ignore::FutureWarning $(PYTEST_ARGS)
+
+# `make fairseq-check`: the fixtures `make test` reads (tests/fixtures/fairseq: tiny checkpoints written by fairseq and
+# fairseq's outputs on them) made again by fairseq, then checked again; `git diff --stat` shows what changed.
+fairseq-check: $(FAIRSEQ_STAMP)
+	$(FAIRSEQ_PY) -W ignore::FutureWarning tests/fixtures/fairseq/make_fixtures.py tests/fixtures/fairseq
+	HF_HUB_OFFLINE=1 $(FAIRSEQ_PY) -m pytest tests/test_fairseq_fixtures.py tests/test_fairseq_against_fairseq.py -s \
+		-W ignore::FutureWarning $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hf_music_w2v training tests benchmarks

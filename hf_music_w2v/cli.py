@@ -380,7 +380,10 @@ def run_convert_fairseq(args: argparse.Namespace) -> int:
           f"{conversion.num_tensors} tensors, {conversion.num_parameters:,} parameters")
     for check in conversion.checks:
         print(f"checked: {check}")
-    print(f"wrote {conversion.output_dir} (Wav2Vec2ForPreTraining, feature extractor, README.md)")
+    if conversion.head:
+        print(f"left out: the fine-tuned model's head ({len(conversion.head)} tensors: {', '.join(conversion.head)}); "
+              "the folder holds its wav2vec 2.0 encoder")
+    print(f"wrote {conversion.output_dir} ({conversion.model_class}, feature extractor, README.md)")
     return 0
 
 
@@ -541,7 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser(
         "convert-fairseq", help=COMMANDS["convert-fairseq"],
         description="Convert a fairseq wav2vec 2.0 pretraining checkpoint into a save_pretrained folder of "
-                    "Wav2Vec2ForPreTraining with its feature extractor and a model card. The file is read "
+                    "Wav2Vec2ForPreTraining with its feature extractor and a model card; of a fine-tuned one (CTC or "
+                    "classification, encoder under w2v_args or w2v_path), its encoder as Wav2Vec2Model, the head "
+                    "left out. The file is read "
                     "weights-only: no code in it runs, and fairseq is not needed. The folder is a "
                     "--model_name_or_path for finetune, a MODEL for probe and an --init_from for pretrain.")
     convert.add_argument("checkpoint", help="the fairseq .pt file (e.g. w2v_music_checkpoint.pt)")

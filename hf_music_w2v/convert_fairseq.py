@@ -1,4 +1,5 @@
-"""fairseq wav2vec 2.0 pretraining checkpoints (the paper's own among them) as `Wav2Vec2ForPreTraining` folders.
+"""fairseq wav2vec 2.0 pretraining checkpoints (the paper's own among them) as `Wav2Vec2ForPreTraining` folders, and
+the encoder of fine-tuned ones (CTC, classification: `w2v_args` / `w2v_path`) as `Wav2Vec2Model` folders.
 
     hf-music-w2v convert-fairseq w2v_music_checkpoint.pt runs/w2v-music-paper
 
@@ -21,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
+from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
 from .atomic import staged_directory
 from .hub import quiet_loading, write_model_card, write_model_files
 
 
 class FairseqCheckpointError(ValueError):
-    """A file that is not a wav2vec 2.0 pretraining checkpoint this converter can read (the message says why)."""
+    """A file that is not a wav2vec 2.0 checkpoint this converter can read (the message says why)."""
 
 
 # --- Reading the file: weights only, settings through stand-ins -------------------------------------------------
@@ -210,6 +211,10 @@ class FairseqCheckpoint:
     state_dict: dict[str, torch.Tensor]
     fairseq_version: str | None = None
     sha256: str = field(default="", repr=False)
+    #: a fine-tune's model name ("wav2vec_ctc", ...); "" for a pretraining checkpoint
+    fine_tuned: str = ""
+    #: the fine-tune's tensors outside its wav2vec 2.0 encoder (the head), left out of the conversion
+    head: list[str] = field(default_factory=list)
 
 
 def settings_form(checkpoint: dict) -> str:
@@ -223,8 +228,45 @@ def settings_form(checkpoint: dict) -> str:
     return "none"
 
 
-def load_fairseq_checkpoint(path: str | os.PathLike) -> FairseqCheckpoint:
-    """Read a fairseq wav2vec 2.0 pretraining checkpoint without fairseq and without running pickled code."""
+def split_settings(settings: dict, form: str) -> tuple[dict, dict, dict, str]:
+    """(model, task, criterion, model name) of a checkpoint's settings, in either layout."""
+    if form == "Namespace" or "model" not in settings:  # one flat namespace holds the model's, task's and criterion's
+        return settings, settings, settings, str(settings.get("arch", settings.get("_name", "")) or "")
+    model, task, criterion = (settings.get(part) or {} for part in ("model", "task", "criterion"))
+    name = str(model.get("_name", "") or "") if isinstance(model, dict) else ""
+    return model, task, criterion, name
+
+
+#: Where a fine-tune keeps its wav2vec 2.0 encoder: `w2v_encoder.w2v_model.` (CTC, classification) or
+#: `encoder.w2v_model.` (seq2seq); every other tensor belongs to its head.
+_ENCODER_PREFIX = re.compile(r"^(.*?\bw2v_model\.)")
+
+
+def encoder_settings(path: Path, model: dict) -> tuple[dict, dict]:
+    """A fine-tune's encoder settings (model, task): embedded under `w2v_args`, or those of the pretraining
+    checkpoint named by `w2v_path` when that file is here."""
+    embedded = model.get("w2v_args")
+    if isinstance(embedded, dict) and embedded:
+        encoder_model, encoder_task, _, _ = split_settings(embedded, "dict")
+        return encoder_model, encoder_task
+    pretraining = model.get("w2v_path")
+    if not pretraining:
+        raise FairseqCheckpointError(f"{path}: a fine-tuned model without its encoder's settings (neither "
+                                     "w2v_args nor w2v_path)")
+    source = Path(str(pretraining))
+    candidates = [source] if source.is_absolute() else [path.parent / source, source]
+    found = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if found is None:
+        raise FairseqCheckpointError(f"{path}: a fine-tuned model whose encoder settings are only in its w2v_path "
+                                     f"{pretraining}, which is not a file here; put that pretraining checkpoint "
+                                     "there (its settings are read, not its weights)")
+    encoder = load_fairseq_checkpoint(found, pretraining_only=True)
+    return encoder.model, encoder.task
+
+
+def load_fairseq_checkpoint(path: str | os.PathLike, pretraining_only: bool = False) -> FairseqCheckpoint:
+    """Read a fairseq wav2vec 2.0 checkpoint without fairseq and without running pickled code: a pretraining
+    checkpoint, or a fine-tune, of which only the wav2vec 2.0 encoder is kept (`head` names what is left out)."""
     path = Path(path)
     raw = read_checkpoint_file(path)
     form = settings_form(raw)
@@ -240,26 +282,36 @@ def load_fairseq_checkpoint(path: str | os.PathLike) -> FairseqCheckpoint:
         raise FairseqCheckpointError(f"{path}: its settings contain or refer to themselves without end") from None
     if not isinstance(settings, dict):
         raise FairseqCheckpointError(f"{path}: its settings are a {type(settings).__name__}, not a mapping")
-    if form == "Namespace":  # one flat namespace holds the model's, the task's and the criterion's options
-        model, task, criterion = settings, settings, settings
-        name = str(settings.get("arch", ""))
-    else:
-        model, task, criterion = (settings.get(part) or {} for part in ("model", "task", "criterion"))
-        name = str(model.get("_name", "")) if isinstance(model, dict) else ""
-    if name != "wav2vec2":
-        what = f"a {name} model" if name else "a model without a name"
-        hint = (": a fine-tuned model, whose pretraining quantizer and projections are gone; convert the "
-                "pretraining checkpoint it started from") if name.startswith("wav2vec_") else ""
-        raise FairseqCheckpointError(f"{path} is not a wav2vec 2.0 pretraining checkpoint: its settings describe "
-                                     f"{what}{hint}")
+    model, task, criterion, name = split_settings(settings, form)
     tensors = {key: value for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
     if len(tensors) != len(state_dict):
         others = sorted(str(key) for key, value in state_dict.items() if not isinstance(value, torch.Tensor))
         raise FairseqCheckpointError(f"{path}: the model's state holds entries that are not tensors: {others[:5]}")
+    fine_tuned, head = "", []
+    if name != "wav2vec2" and isinstance(model, dict) and (
+            name.startswith("wav2vec_") or "w2v_args" in model or "w2v_path" in model):
+        fine_tuned = name or "fine-tuned"
+        if pretraining_only:  # a fine-tune's w2v_path names another fine-tune (or itself): not followed further
+            raise FairseqCheckpointError(f"{path}, named by a fine-tune's w2v_path, is itself a fine-tuned "
+                                         f"{fine_tuned} model, not the pretraining checkpoint")
+        model, task = encoder_settings(path, model)
+        prefixes = sorted({match.group(1) for key in tensors if (match := _ENCODER_PREFIX.match(key))})
+        if len(prefixes) != 1:
+            raise FairseqCheckpointError(f"{path}: a fine-tuned {fine_tuned} model whose weights hold "
+                                         f"{'no' if not prefixes else 'more than one'} wav2vec 2.0 encoder "
+                                         f"(w2v_model.*){': ' + ', '.join(prefixes) if prefixes else ''}")
+        name = str(model.get("_name", model.get("arch", "wav2vec2")) or "wav2vec2")
+        head = sorted(key for key in tensors if not key.startswith(prefixes[0]))
+        tensors = {key[len(prefixes[0]):]: value for key, value in tensors.items() if key.startswith(prefixes[0])}
+    if name != "wav2vec2":
+        what = f"a {name} model" if name else "a model without a name"
+        raise FairseqCheckpointError(f"{path} is not a wav2vec 2.0 checkpoint: its settings describe {what}"
+                                     f"{' encoder' if fine_tuned else ''}")
     version = next((entry.get("fairseq_version") for entry in raw.get("optimizer_history") or []
                     if isinstance(entry, dict) and entry.get("fairseq_version")), None)
     return FairseqCheckpoint(path=path, form=form, model={**FAIRSEQ_DEFAULTS, **model}, task=task,
-                             criterion=criterion, state_dict=tensors, fairseq_version=version)
+                             criterion=criterion, state_dict=tensors, fairseq_version=version,
+                             fine_tuned=fine_tuned, head=head)
 
 
 #: More convolutions than any wav2vec 2.0 has (7); a longer list is refused rather than built.
@@ -302,9 +354,15 @@ def wav2vec2_config(checkpoint: FairseqCheckpoint) -> Wav2Vec2Config:
     """The `Wav2Vec2Config` of the checkpoint's own model settings (architecture, masking, negatives, codebook)."""
     settings = checkpoint.model
     for name, needed in UNSUPPORTED.items():
+        # a fine-tune's encoder has lost its quantizer: how its targets were quantized no longer matters
+        if checkpoint.fine_tuned and name in ("quantize_targets", "target_glu", "quantizer_depth", "same_quantizer",
+                                              "negatives_from_everywhere", "cross_sample_negatives",
+                                              "codebook_negatives"):
+            continue
         if settings.get(name, needed) != needed:
             raise FairseqCheckpointError(f"{checkpoint.path}: model setting {name}={settings[name]!r} has no "
-                                         f"equivalent in transformers' Wav2Vec2ForPreTraining (needs {needed!r})")
+                                         f"equivalent in transformers' {model_class(checkpoint).__name__} "
+                                         f"(needs {needed!r})")
     if settings["extractor_mode"] not in ("default", "layer_norm"):
         raise FairseqCheckpointError(f"{checkpoint.path}: extractor_mode {settings['extractor_mode']!r} is neither "
                                      "'default' (group norm) nor 'layer_norm'")
@@ -349,8 +407,13 @@ def wav2vec2_config(checkpoint: FairseqCheckpoint) -> Wav2Vec2Config:
         mask_time_min_masks=2,  # fairseq's compute_mask_indices is always called with min_masks=2
         mask_feature_prob=float(settings["mask_channel_prob"]),
         mask_feature_length=int(settings["mask_channel_length"]),
-        architectures=["Wav2Vec2ForPreTraining"],
+        architectures=[model_class(checkpoint).__name__],
     )
+
+
+def model_class(checkpoint: FairseqCheckpoint) -> type:
+    """`Wav2Vec2ForPreTraining` for a pretraining checkpoint, `Wav2Vec2Model` for a fine-tune's encoder."""
+    return Wav2Vec2Model if checkpoint.fine_tuned else Wav2Vec2ForPreTraining
 
 
 def feature_extractor(checkpoint: FairseqCheckpoint, config: Wav2Vec2Config) -> Wav2Vec2FeatureExtractor:
@@ -368,7 +431,8 @@ def feature_extractor(checkpoint: FairseqCheckpoint, config: Wav2Vec2Config) -> 
 # --- The weights ------------------------------------------------------------------------------------------------
 
 def weight_names(checkpoint: FairseqCheckpoint, config: Wav2Vec2Config) -> dict[str, str]:
-    """transformers' parameter name -> fairseq's, for every parameter of `Wav2Vec2ForPreTraining(config)`."""
+    """transformers' parameter name -> fairseq's, for every parameter of `Wav2Vec2ForPreTraining(config)`, or of
+    `Wav2Vec2Model(config)` for a fine-tune's encoder (the `wav2vec2.` prefix and the pretraining modules gone)."""
     names = {"wav2vec2.masked_spec_embed": "mask_emb",
              "wav2vec2.feature_projection.layer_norm.weight": "layer_norm.weight",
              "wav2vec2.feature_projection.layer_norm.bias": "layer_norm.bias",
@@ -404,6 +468,11 @@ def weight_names(checkpoint: FairseqCheckpoint, config: Wav2Vec2Config) -> dict[
         for ours, theirs in layer_parts.items():
             for kind in ("weight", "bias"):
                 names[f"wav2vec2.encoder.layers.{index}.{ours}.{kind}"] = f"encoder.layers.{index}.{theirs}.{kind}"
+    if checkpoint.fine_tuned:
+        # fairseq has mask_emb only when it masks (mask_prob or mask_channel_prob > 0), as transformers does
+        return {ours.removeprefix("wav2vec2."): theirs for ours, theirs in names.items()
+                if ours.startswith("wav2vec2.") and (ours != "wav2vec2.masked_spec_embed" or theirs in
+                                                     checkpoint.state_dict)}
     return names
 
 
@@ -427,7 +496,7 @@ def converted_state_dict(checkpoint: FairseqCheckpoint, config: Wav2Vec2Config,
         raise FairseqCheckpointError(f"{checkpoint.path}: weights the transformers model has no place for (their "
                                      f"computation would be lost): {', '.join(left_over[:8])}")
     if set(expected) != set(names):
-        raise RuntimeError(f"conversion table and Wav2Vec2ForPreTraining differ: "
+        raise RuntimeError(f"conversion table and {config.architectures[0]} differ: "
                            f"{sorted(set(expected) ^ set(names))}")
     converted = {}
     for ours, theirs in names.items():
@@ -439,15 +508,22 @@ def converted_state_dict(checkpoint: FairseqCheckpoint, config: Wav2Vec2Config,
     return converted
 
 
-def build_model(checkpoint: FairseqCheckpoint) -> Wav2Vec2ForPreTraining:
-    """`Wav2Vec2ForPreTraining` with the checkpoint's architecture and weights, in eval mode."""
+def build_model(checkpoint: FairseqCheckpoint) -> Wav2Vec2ForPreTraining | Wav2Vec2Model:
+    """`Wav2Vec2ForPreTraining` (`Wav2Vec2Model` for a fine-tune) with the checkpoint's architecture and weights,
+    in eval mode."""
     config = wav2vec2_config(checkpoint)
+    if checkpoint.fine_tuned and "mask_emb" not in checkpoint.state_dict:
+        config.mask_time_prob = config.mask_feature_prob = 0.0
+    elif checkpoint.fine_tuned and config.mask_time_prob == 0 and config.mask_feature_prob == 0:
+        # the mask embedding replaces masked frames, and this fine-tune masks none: it has no use and no place
+        checkpoint.state_dict = {k: v for k, v in checkpoint.state_dict.items() if k != "mask_emb"}
+    cls = model_class(checkpoint)
     # shapes first, from a model without storage: settings that disagree with the tensors (or describe a huge model)
     # are refused before anything of their size is allocated
     with torch.device("meta"):
-        expected = Wav2Vec2ForPreTraining(config).state_dict()
+        expected = cls(config).state_dict()
     weights = converted_state_dict(checkpoint, config, expected)
-    model = Wav2Vec2ForPreTraining(config)
+    model = cls(config)
     model.load_state_dict(weights, strict=True)
     return model.eval()
 
@@ -460,8 +536,11 @@ def check_audio(sampling_rate: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def outputs(model: Wav2Vec2ForPreTraining, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Final hidden states, projected states and projected quantized states (eval mode, no masking)."""
+def outputs(model: Wav2Vec2ForPreTraining | Wav2Vec2Model, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Final hidden states, projected states and projected quantized states (eval mode, no masking); only the
+    first for a `Wav2Vec2Model`."""
+    if isinstance(model, Wav2Vec2Model):
+        return {"last_hidden_state": model(audio).last_hidden_state}
     out = model(audio)
     return {"last_hidden_state": model.wav2vec2(audio).last_hidden_state, "projected_states": out.projected_states,
             "projected_quantized_states": out.projected_quantized_states}
@@ -478,11 +557,15 @@ class Conversion:
     num_tensors: int
     num_parameters: int
     checks: list[str]
+    model_class: str = "Wav2Vec2ForPreTraining"
+    #: a fine-tune's tensors outside its encoder (its CTC or classification head), left out
+    head: list[str] = field(default_factory=list)
 
 
 def convert_fairseq_checkpoint(checkpoint_path: str | os.PathLike, output_dir: str | os.PathLike) -> Conversion:
-    """Write `output_dir`: a `save_pretrained` folder of `Wav2Vec2ForPreTraining`, its feature extractor and a model
-    card naming the source file, its SHA-256 and the checks made. The folder appears complete or not at all."""
+    """Write `output_dir`: a `save_pretrained` folder of `Wav2Vec2ForPreTraining` (of `Wav2Vec2Model`, the encoder,
+    for a fine-tune, whose head is left out), its feature extractor and a model card naming the source file, its
+    SHA-256 and the checks made. The folder appears complete or not at all."""
     output = Path(output_dir)
     # the folder is replaced as a whole: only an empty folder or an earlier conversion may be replaced
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / "config.json").is_file())):
@@ -503,20 +586,29 @@ def convert_fairseq_checkpoint(checkpoint_path: str | os.PathLike, output_dir: s
     if not_finite:
         raise FairseqCheckpointError(f"{checkpoint.path}: the converted model computes non-finite "
                                      f"{', '.join(not_finite)} on 1 s of noise; the weights are damaged")
-    checks = [
-        f"all {len(checkpoint.state_dict)} tensors of the checkpoint's model were used, each with the shape its "
-        "settings give, and every weight of the transformers model came from the checkpoint",
-        f"1 s of seeded noise gives finite hidden states, projected states and quantized states "
-        f"({expected['last_hidden_state'].shape[1]} frames)",
-    ]
+    cls = type(model)
+    if checkpoint.fine_tuned:
+        checks = [
+            f"all {len(checkpoint.state_dict)} tensors of the fine-tuned ({checkpoint.fine_tuned}) model's wav2vec 2.0 "
+            f"encoder were used, each with the shape its settings give; its head ({len(checkpoint.head)} tensors: "
+            f"{', '.join(checkpoint.head)}) was left out",
+            f"1 s of seeded noise gives finite hidden states ({expected['last_hidden_state'].shape[1]} frames)",
+        ]
+    else:
+        checks = [
+            f"all {len(checkpoint.state_dict)} tensors of the checkpoint's model were used, each with the shape its "
+            "settings give, and every weight of the transformers model came from the checkpoint",
+            f"1 s of seeded noise gives finite hidden states, projected states and quantized states "
+            f"({expected['last_hidden_state'].shape[1]} frames)",
+        ]
     with staged_directory(output) as staging, quiet_loading():
         write_model_files(model, staging, extractor)
-        reloaded = Wav2Vec2ForPreTraining.from_pretrained(staging).eval()
+        reloaded = cls.from_pretrained(staging).eval()
         again = outputs(reloaded, audio)
         difference = max((again[name] - value).abs().max().item() for name, value in expected.items())
         if difference != 0.0:
             raise RuntimeError(f"the saved folder reloads differently from the converted model (by {difference:.2e})")
-        checks.append("the saved folder reloads as Wav2Vec2ForPreTraining giving identical outputs")
+        checks.append(f"the saved folder reloads as {cls.__name__} giving identical outputs")
         write_model_card(
             staging, "fairseq_import", config=model.config, source_name=checkpoint.path.name,
             sha256=checkpoint.sha256, form=checkpoint.form, fairseq_version=checkpoint.fairseq_version,
@@ -524,10 +616,11 @@ def convert_fairseq_checkpoint(checkpoint_path: str | os.PathLike, output_dir: s
             do_normalize=extractor.do_normalize, sampling_rate=extractor.sampling_rate,
             latent_temp=checkpoint.model["latent_temp"],
             feature_grad_mult=checkpoint.model["feature_grad_mult"],
-            tags=["audio", "music", "wav2vec2", "fairseq"])
+            fine_tuned=checkpoint.fine_tuned, head=checkpoint.head, tags=["audio", "music", "wav2vec2", "fairseq"])
     return Conversion(output_dir=output.resolve(), source=checkpoint.path, sha256=checkpoint.sha256,
                       form=checkpoint.form, num_tensors=len(checkpoint.state_dict),
-                      num_parameters=model.num_parameters(), checks=checks)
+                      num_parameters=model.num_parameters(), checks=checks, model_class=cls.__name__,
+                      head=checkpoint.head)
 
 
 __all__ = ["Conversion", "FairseqCheckpoint", "FairseqCheckpointError", "STAND_INS", "build_model",

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -43,54 +42,19 @@ STYLES = {
 }
 
 
-def yaml_value(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value)
+def fixture_maker():
+    """tests/fixtures/fairseq/make_fixtures.py, whose shrunk training config and audio these tests share."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / "fixtures" / "fairseq" / "make_fixtures.py"
+    spec = importlib.util.spec_from_file_location("make_fairseq_fixtures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def training_config(model: dict, normalize: bool, data: Path, save_dir: Path) -> str:
-    """wav2vec2_base_librispeech.yaml, shrunk: one CPU process, a few updates, the given model settings."""
-    sections = {
-        "common": {"cpu": True, "fp16": False, "log_format": "simple", "log_interval": 1, "seed": 1},
-        "checkpoint": {"save_dir": str(save_dir), "no_epoch_checkpoints": True},
-        "task": {"_name": "audio_pretraining", "data": str(data), "max_sample_size": 32000,
-                 "min_sample_size": 8000, "normalize": normalize},
-        "dataset": {"num_workers": 0, "max_tokens": 64000, "required_batch_size_multiple": 1,
-                    "skip_invalid_size_inputs_valid_test": True, "disable_validation": True},
-        "distributed_training": {"distributed_world_size": 1, "ddp_backend": "legacy_ddp"},
-        "criterion": {"_name": "wav2vec", "infonce": True, "loss_weights": [0.1, 10],
-                      "log_keys": ["prob_perplexity", "code_perplexity", "temp"]},
-        "optimization": {"max_update": 4, "lr": [0.0005]},
-        "optimizer": {"_name": "adam", "adam_betas": "(0.9,0.98)", "adam_eps": 1e-06, "weight_decay": 0.01},
-        "lr_scheduler": {"_name": "polynomial_decay", "warmup_updates": 2},
-        "model": model,
-    }
-    lines = ["# @package _group_"]
-    for section, values in sections.items():
-        lines.append(f"{section}:")
-        lines += [f"  {key}: {yaml_value(value)}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
-
-
-def write_audio(folder: Path) -> Path:
-    """Eight 2 s clips of harmonic tones in noise, and fairseq's manifests (train.tsv, valid.tsv) for them."""
-    import soundfile
-
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True)
-    rows = []
-    for index in range(8):
-        t = np.arange(32000) / 16000
-        tone = sum(np.sin(2 * np.pi * 110 * (index + 1) * k * t) / k for k in range(1, 5))
-        audio = (0.2 * tone + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
-        soundfile.write(folder / f"clip{index}.wav", audio, 16000)
-        rows.append(f"clip{index}.wav\t{audio.size}")
-    for split, chosen in (("train", rows[:6]), ("valid", rows[6:])):
-        (folder / f"{split}.tsv").write_text("\n".join([str(folder), *chosen]) + "\n")
-    return folder
+MAKER = fixture_maker()
+training_config, write_audio = MAKER.training_config, MAKER.write_training_audio
 
 
 @pytest.fixture(scope="module", params=list(STYLES))
