@@ -182,3 +182,12 @@ def test_a_second_signal_exits_at_once_and_one_ctrl_c_seen_twice_counts_once(tmp
     assert result.stdout.splitlines() == [f"unarmed {128 + signal.SIGUSR1}", f"armed {int(signal.SIGTERM)}"]
     assert result.returncode == 128 + signal.SIGTERM
     assert "SIGTERM again: exiting at once" in result.stderr
+
+
+def test_a_multi_process_failure_is_named_by_its_cause_not_by_the_agents_teardown():
+    from hf_music_w2v.training.launch import first_cause
+
+    assert first_cause([1, -signal.SIGTERM]) == 1  # one process refused; the agent then sent SIGTERM to the other
+    assert first_cause([-signal.SIGKILL, 1]) == -signal.SIGKILL  # the kernel's kill is the cause, whatever followed
+    assert first_cause([128 + signal.SIGTERM, 128 + signal.SIGTERM]) == 128 + signal.SIGTERM  # a graceful stop
+    assert first_cause([-signal.SIGTERM, -signal.SIGTERM]) == -signal.SIGTERM

@@ -118,6 +118,15 @@ def exit_status(code: int) -> int:
     return 128 + number
 
 
+def first_cause(codes: list[int]) -> int:
+    """The return code that says why a multi-process run failed: a process killed by a signal other than SIGTERM
+    (the kernel's SIGKILL), else one that exited with an error (it printed why), else a SIGTERM. When one process
+    fails, torch's elastic agent sends SIGTERM to the others: their deaths are consequences, not the cause."""
+    killed = [code for code in codes if code < 0 and code != -signal.SIGTERM]
+    exited = [code for code in codes if code > 0]
+    return min(killed) if killed else max(exited) if exited else min(codes)
+
+
 def run_launcher(launcher_args: list[str]) -> int:
     """accelerate's `launch` with `launcher_args`, a failed run reported by its exit status, not a traceback."""
     import logging
@@ -141,12 +150,11 @@ def run_launcher(launcher_args: list[str]) -> int:
     except subprocess.CalledProcessError as error:
         return exit_status(error.returncode)
     except ChildFailedError as error:
-        codes = [failure.exitcode for failure in error.failures.values()]
-        return exit_status(min(codes) if any(code < 0 for code in codes) else max(codes))
+        return exit_status(first_cause([failure.exitcode for failure in error.failures.values()]))
     return 0
 
 
-__all__ = ["PROGRAMS", "exit_status", "launch", "launch_command", "launch_environment", "run_launcher"]
+__all__ = ["PROGRAMS", "exit_status", "first_cause", "launch", "launch_command", "launch_environment", "run_launcher"]
 
 
 if __name__ == "__main__":
