@@ -12,7 +12,6 @@ Python source (`conv_feature_layers`) is parsed as a literal, never evaluated.
 """
 
 import ast
-import hashlib
 import os
 import pickle
 import re
@@ -25,6 +24,7 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
 from .atomic import staged_directory
+from .fingerprints import file_digest
 from .hub import quiet_loading, write_model_card, write_model_files
 
 
@@ -89,14 +89,6 @@ STAND_INS: dict[str, Any] = {
 }
 
 _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_checkpoint_file(path: str | os.PathLike) -> dict:
@@ -577,7 +569,7 @@ def convert_fairseq_checkpoint(checkpoint_path: str | os.PathLike, output_dir: s
         raise FairseqCheckpointError(f"{output} is a training run's folder (it holds {', '.join(run_files)}); the "
                                      "output replaces its folder as a whole, so give a new or empty folder")
     checkpoint = load_fairseq_checkpoint(checkpoint_path)
-    checkpoint.sha256 = sha256_of(checkpoint.path)
+    checkpoint.sha256 = file_digest(checkpoint.path)
     model = build_model(checkpoint)
     extractor = feature_extractor(checkpoint, model.config)
     audio = check_audio(extractor.sampling_rate)

@@ -1,4 +1,4 @@
-"""What cached features depend on, as content digests: a network's weights and a split's notes.
+"""Content digests: of a file, a network's weights and a split's notes (what cached features depend on).
 
 Fine-tuning's pooled-feature cache and the layer-wise probe's feature cache are both keyed on these, so a
 cache is reused for the same weights and notes wherever they come from, and recomputed when either changes.
@@ -12,6 +12,15 @@ from pathlib import Path
 import torch
 
 from .data.audio_column import audio_entries
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read a MiB at a time (checkpoint manifests, converted sources, probe clips)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_digest(module: torch.nn.Module) -> str:

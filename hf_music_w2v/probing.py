@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_path, write_text_atomic
 from .audio import resample
-from .fingerprints import fingerprint_key, fingerprint_matches, notes_digest, weights_digest
+from .fingerprints import file_digest, fingerprint_key, fingerprint_matches, notes_digest, weights_digest
 
 TASKS = ("pitch", "instrument")
 PROBES = ("linear", "mlp")
@@ -208,17 +208,6 @@ def split_features(encoder, extractor, notes, layers: Sequence[int], batch_size:
         del stored
     write_text_atomic(path.with_suffix(".json"), json.dumps(fingerprint, sort_keys=True))
     return np.load(path, mmap_mode="r")
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read a MiB at a time: the same audio under two names is one clip."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def min_input_samples(encoder) -> int:

@@ -34,12 +34,6 @@ SMALL_MODEL = {
     "num_negatives": 10, "encoder_layerdrop": 0.05, "dropout_input": 0.1, "dropout_features": 0.1,
     "feature_grad_mult": 0.1,
 }
-STYLES = {
-    "base": ({}, False),
-    "large": ({"extractor_mode": "layer_norm", "layer_norm_first": True, "conv_bias": True,
-               "latent_temp": [2.0, 0.1, 0.999995], "encoder_layerdrop": 0.0, "dropout_input": 0.0,
-               "dropout_features": 0.0, "dropout": 0.0, "attention_dropout": 0.0, "feature_grad_mult": 1.0}, True),
-}
 
 
 def fixture_maker():
@@ -55,6 +49,7 @@ def fixture_maker():
 
 MAKER = fixture_maker()
 training_config, write_audio = MAKER.training_config, MAKER.write_training_audio
+STYLES = MAKER.STYLES  # the two styles, as the committed fixtures have them
 
 
 @pytest.fixture(scope="module", params=list(STYLES))

@@ -15,7 +15,6 @@ the newest intact checkpoint and says which file was bad; an explicit damaged ch
 the file.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import DiskFull, disk_full_errno, replace_directory, torch_save, writing
+from ..fingerprints import file_digest
 from .layout import RunLayout
 
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -78,14 +78,6 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
         return []
     found = [p for p in folder.glob("step_*") if (p / MANIFEST_NAME).is_file() and p.name[5:].isdigit()]
     return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(folder: Path) -> None:
