@@ -111,7 +111,8 @@ def exit_status(code: int) -> int:
         return code
     number = -code
     reason = "most likely out of memory" if number == signal.SIGKILL else signal.Signals(number).name
-    print(f"error: the training process was killed by signal {number} ({reason}). Completed checkpoints are kept "
+    # The newline ends whatever line the killed process was writing (a progress bar, say).
+    print(f"\nerror: the training process was killed by signal {number} ({reason}). Completed checkpoints are kept "
           "(--resume_from_checkpoint latest continues from the newest). With too little memory, try a smaller "
           "--per_device_train_batch_size (with --gradient_accumulation_steps to keep the update's size), shorter "
           "crops, or --recipe mini", file=sys.stderr)
